@@ -1,0 +1,43 @@
+# `make demo` and `make test` work on a fresh clone: they create .venv when it is missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+# CPU machines: pin the CPU build of torch (set TORCH_INDEX_URL to PyTorch's CPU wheel index
+# where plain PyPI would pull the CUDA build). GPU machines take the default build.
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX_URL ?=
+
+.PHONY: setup demo demo-fast test lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		echo "GPU found: installing torch with CUDA"; \
+		$(PY) -m pip install -q "torch>=2.4"; \
+	else \
+		echo "no GPU: installing the CPU build of torch $(TORCH_VERSION)"; \
+		$(PY) -m pip install -q "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL),); \
+	fi
+	$(PY) -m pip install -q -e ".[dev]"
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m anydistill demo
+
+demo-fast: $(STAMP)
+	$(PY) -m anydistill demo --fast
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+from anydistill.cli import main
+
+main()

@@ -1,0 +1,128 @@
+"""The `anydistill` command: one thin function per subcommand.
+
+User errors (AnydistillError, FileNotFoundError from the report) print one sentence to
+stderr and exit with status 2; bugs still show a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from anydistill.errors import AnydistillError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Distill any teacher language model into any student.",
+)
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("transformers", "datasets", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="YAML recipe")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides")] = None,
+) -> None:
+    """Distill a student as the recipe says (resumes from the last checkpoint)."""
+    _quiet_libraries()
+    from anydistill.config import load_config
+    from anydistill.train.loop import train as run_train
+
+    try:
+        cfg = load_config(config, overrides or [])
+        run_dir = run_train(cfg)
+    except AnydistillError as err:
+        _fail(str(err))
+    typer.echo(f"run directory: {run_dir}")
+
+
+@app.command("eval")
+def eval_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory made by `anydistill train`")],
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    max_batches: Annotated[int | None, typer.Option(help="limit eval batches")] = None,
+) -> None:
+    """Held-out ce, perplexity, bits/byte, teacher KL and agreement of a run's final student."""
+    _quiet_libraries()
+    from anydistill.eval.run import evaluate_run
+
+    try:
+        result = evaluate_run(run_dir, max_batches=max_batches)
+    except AnydistillError as err:
+        _fail(str(err))
+    if as_json:
+        typer.echo(json.dumps(result, indent=1))
+        return
+    from anydistill.eval.table import print_eval
+
+    print_eval(result)
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) -> None:
+    """(Re)write RUN_DIR/report.html and its plots from metrics.jsonl."""
+    from anydistill.report import write_report
+
+    try:
+        path = write_report(run_dir)
+    except FileNotFoundError as err:
+        _fail(str(err))
+    typer.echo(f"report: {path}")
+
+
+@app.command()
+def demo(
+    fast: Annotated[bool, typer.Option("--fast", help="the under-2-minute version")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the table as JSON")] = False,
+    workdir: Annotated[
+        Path | None, typer.Option(help="where runs go (default: a temp dir)")
+    ] = None,
+) -> None:
+    """Offline, CPU: train a tiny teacher, then a student with and without distillation."""
+    _quiet_libraries()
+    from anydistill.demo.run import print_table, run_demo
+
+    try:
+        table = run_demo(fast=fast, workdir=workdir, quiet=as_json)
+    except AnydistillError as err:
+        _fail(str(err))
+    if as_json:
+        typer.echo(json.dumps(table, indent=1))
+    else:
+        print_table(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

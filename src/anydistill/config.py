@@ -1,0 +1,286 @@
+"""The YAML schema of a run, `key=value` overrides, and one-sentence errors.
+
+Sections: teacher, student, data, objective, train, eval, output. Components never see these
+pydantic models; the CLI and the trainer translate them into plain arguments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from anydistill.errors import ConfigError
+
+DIVERGENCE_KINDS = ("fkl", "rkl", "jsd", "tvd", "skl", "srkl", "taid")
+TERM_KINDS = (*DIVERGENCE_KINDS, "ce")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TokenizerTrain(Strict):
+    """Train a small byte-level BPE tokenizer on the run's training data (tiny recipes)."""
+
+    vocab_size: int = Field(512, ge=300, le=65536)
+
+
+class LoraConfig(Strict):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | str = "all-linear"
+
+
+class FromTeacher(Strict):
+    """Build the student from the teacher by keeping these decoder layers (weights copied)."""
+
+    layers: list[int] = Field(min_length=1)
+
+
+class ModelConfig(Strict):
+    """Where a model comes from: exactly one of `path` (hub id or local dir), `init`
+    (a transformers config dict, random weights) or, for the student, `from_teacher`."""
+
+    path: str | None = None
+    init: dict[str, Any] | None = None
+    from_teacher: FromTeacher | None = None
+    tokenizer: str | TokenizerTrain | None = None
+    revision: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    trust_remote_code: bool = False
+    attn_implementation: str | None = None
+    lora: LoraConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        given = [k for k in ("path", "init", "from_teacher") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of `path` (hub id or local directory), `init` (a model "
+                "config for random weights) or `from_teacher` (student only); "
+                f"got {given or 'none'}"
+            )
+        if self.init is not None and "model_type" not in self.init:
+            raise ValueError("`init` needs a `model_type` key (e.g. llama, qwen2, gpt2)")
+        return self
+
+
+class DataConfig(Strict):
+    """Training data: a file/dir/hub dataset (`path`) or the built-in synthetic task."""
+
+    path: str | None = None
+    synthetic: Literal["arithmetic"] | None = None
+    synthetic_size: int = Field(2000, ge=10)
+    format: Literal["auto", "jsonl", "json", "parquet", "text", "hf"] = "auto"
+    subset: str | None = None
+    split: str = "train"
+    eval_path: str | None = None
+    eval_split: str | None = None
+    eval_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    text_column: str = "text"
+    prompt_column: str = "prompt"
+    completion_column: str = "completion"
+    messages_column: str = "messages"
+    mode: Literal["auto", "text", "prompt_completion", "messages"] = "auto"
+    seq_len: int = Field(512, ge=8)
+    packing: bool = True
+    max_examples: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if (self.path is None) == (self.synthetic is None):
+            raise ValueError("give exactly one of `path` or `synthetic`")
+        return self
+
+
+class TermConfig(Strict):
+    kind: Literal["fkl", "rkl", "jsd", "tvd", "skl", "srkl", "taid", "ce"]
+    name: str | None = None
+    weight: float = Field(1.0, ge=0.0)
+    temperature: float = Field(1.0, gt=0.0)
+    beta: float = Field(0.5, ge=0.0, le=1.0)
+    alpha: float = Field(0.1, ge=0.0, le=1.0)
+    schedule: dict[str, Any] | None = None
+    taid: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _ce_temperature(self) -> TermConfig:
+        if self.kind == "ce" and self.temperature != 1.0:
+            raise ValueError("a `ce` term is on hard labels and takes no temperature")
+        return self
+
+
+class ObjectiveConfig(Strict):
+    terms: list[TermConfig] = Field(min_length=1)
+    engine: Literal["naive", "torch"] = "torch"
+    chunk_size: int = Field(1024, ge=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ObjectiveConfig:
+        names = [t.name or t.kind for t in self.terms]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"term names must be unique; give `name:` to repeated {dupes}")
+        return self
+
+
+class TrainConfig(Strict):
+    seed: int = 0
+    max_steps: int = Field(100, ge=1)
+    micro_batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(3e-4, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = Field(0, ge=0)
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    max_grad_norm: float | None = Field(1.0, gt=0.0)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    gradient_checkpointing: bool = False
+    compile: bool = False
+    log_every: int = Field(10, ge=1)
+    save_every: int = Field(0, ge=0)
+    keep_checkpoints: int = Field(2, ge=1)
+    stop_at_step: int | None = Field(None, ge=1)
+    tensorboard: bool = False
+    wandb: bool = False
+    wandb_project: str = "anydistill"
+    progress: bool = True
+
+
+class EvalConfig(Strict):
+    every: int = Field(0, ge=0)
+    max_batches: int = Field(20, ge=1)
+    batch_size: int = Field(8, ge=1)
+    teacher: bool = True
+
+
+class OutputConfig(Strict):
+    dir: str = "runs/anydistill"
+    overwrite: bool = False
+    resume: bool = True
+    report: bool = True
+    save_final: bool = True
+
+
+class RunConfig(Strict):
+    teacher: ModelConfig
+    student: ModelConfig
+    data: DataConfig
+    objective: ObjectiveConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _combinations(self) -> RunConfig:
+        if self.teacher.from_teacher is not None:
+            raise ValueError("teacher.from_teacher: only the student can be built from the teacher")
+        if self.teacher.lora is not None:
+            raise ValueError("teacher.lora: the teacher is frozen; put `lora` on the student")
+        if (
+            self.student.from_teacher is not None
+            and self.teacher.path is None
+            and (self.teacher.init is None)
+        ):
+            raise ValueError("student.from_teacher needs a teacher with `path` or `init`")
+        if self.train.stop_at_step and self.train.stop_at_step > self.train.max_steps:
+            raise ValueError("train.stop_at_step must not exceed train.max_steps")
+        if self.train.warmup_steps >= self.train.max_steps and self.train.warmup_steps > 0:
+            raise ValueError("train.warmup_steps must be smaller than train.max_steps")
+        if isinstance(self.student.tokenizer, TokenizerTrain):
+            raise ValueError(
+                "student.tokenizer: only the teacher's tokenizer can be trained; "
+                "the student shares it"
+            )
+        return self
+
+
+def _format_location(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc if not str(p).startswith("function-after"))
+
+
+def _explain(err: ValidationError) -> str:
+    """Turn pydantic's report into one sentence that names the first bad key."""
+    first = err.errors()[0]
+    key = _format_location(first["loc"])
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        return f"unknown key `{key}`: check its spelling against the README's recipe reference"
+    if kind == "missing":
+        return f"missing required key `{key}`"
+    msg = first["msg"].removeprefix("Value error, ")
+    got = first.get("input")
+    where = f"`{key}`" if key else "config"
+    if kind.endswith("_type") or kind.endswith("_parsing") or kind == "literal_error":
+        return f"{where}: {msg} (got {got!r})"
+    return f"{where}: {msg}"
+
+
+def parse_value(text: str) -> Any:
+    """Parse the right side of `key=value` as YAML, so numbers, bools and lists work."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides in order; list items are addressed by index."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override `{item}` must look like `section.key=value`")
+        key, _, raw = item.partition("=")
+        parts = key.strip().split(".")
+        node: Any = data
+        for i, part in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"override `{key}`: `{part}` is not an index of the list")
+                node = node[int(part)]
+                continue
+            if not isinstance(node, dict):
+                raise ConfigError(f"override `{key}`: `{'.'.join(parts[:i])}` is not a section")
+            node = node.setdefault(part, {})
+        last = parts[-1]
+        if isinstance(node, list):
+            if not last.isdigit() or int(last) >= len(node):
+                raise ConfigError(f"override `{key}`: `{last}` is not an index of the list")
+            node[int(last)] = parse_value(raw)
+        elif isinstance(node, dict):
+            node[last] = parse_value(raw)
+        else:
+            raise ConfigError(f"override `{key}`: its parent is not a section")
+    return data
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_explain(err)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML recipe, apply overrides, validate. Raises ConfigError with one sentence."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist: pass the path to a YAML recipe")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping with sections teacher, student, data, ...")
+    data = apply_overrides(data, overrides or [])
+    return config_from_dict(data)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

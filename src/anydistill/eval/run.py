@@ -1,0 +1,76 @@
+"""`anydistill eval RUN_DIR`: score a run's final student (and its teacher) on held-out data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from anydistill.config import config_from_dict
+from anydistill.data import load_raw, tokenize_data
+from anydistill.errors import ConfigError
+from anydistill.eval.generation import exact_match_accuracy
+from anydistill.eval.metrics import evaluate
+from anydistill.models.loading import freeze, load_pretrained
+from anydistill.models.tokenizer import load_tokenizer, real_vocab_size
+from anydistill.train.setup import _load_model, pick_device
+
+
+def evaluate_run(
+    run_dir: Path, max_batches: int | None = None, accuracy_examples: int = 0
+) -> dict[str, float]:
+    """Metrics of `run_dir/final` against the run's eval split; accuracy when answers exist."""
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise ConfigError(
+            f"{run_dir} has no config.yaml: is this a run directory made by `anydistill train`?"
+        )
+    final = run_dir / "final"
+    if not final.is_dir():
+        raise ConfigError(
+            f"{run_dir} has no final/ student yet: finish (or resume) the run with "
+            "`anydistill train`"
+        )
+    cfg = config_from_dict(yaml.safe_load(config_path.read_text()))
+    device = pick_device(cfg.train.device)
+    tokenizer = load_tokenizer(str(final), field="final")
+    vocab = real_vocab_size(tokenizer)
+    student = load_pretrained(str(final), field="final", dtype=_float32()).to(device)
+    teacher = None
+    if cfg.eval.teacher:
+        teacher = freeze(
+            _load_model(cfg.teacher, "teacher", vocab, device, True, cfg.train.seed + 1)
+        )
+    _, eval_ds = load_raw(cfg.data, cfg.train.seed)
+    if len(eval_ds) == 0:
+        raise ConfigError(
+            f"{run_dir}: the run has no held-out data; set data.eval_path, data.eval_split "
+            "or data.eval_fraction > 0 in its config.yaml"
+        )
+    data = tokenize_data(eval_ds, eval_ds, tokenizer, cfg.data)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    result = evaluate(
+        student,
+        teacher,
+        data.eval,
+        tokenizer,
+        vocab,
+        cfg.eval.batch_size,
+        max_batches or cfg.eval.max_batches,
+        device,
+        pad,
+        cfg.objective.chunk_size,
+    )
+    if "answer" in eval_ds.column_names and "prompt" in eval_ds.column_names:
+        n = accuracy_examples or min(len(eval_ds), 200)
+        records = [eval_ds[i] for i in range(min(n, len(eval_ds)))]
+        result["student/accuracy"] = exact_match_accuracy(student, tokenizer, records)
+        if teacher is not None:
+            result["teacher/accuracy"] = exact_match_accuracy(teacher, tokenizer, records)
+    return result
+
+
+def _float32():
+    import torch
+
+    return torch.float32

@@ -1,0 +1,59 @@
+"""The seam between models and losses: final hidden states and the output head.
+
+The trainer never asks a model for full logits; it takes the last hidden states and the
+head (weight, bias, scale, soft-cap) and hands both to the loss engine, which projects in
+tiles.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from anydistill.losses.engine import Head
+
+
+def unwrap(model: nn.Module) -> PreTrainedModel:
+    """Strip DDP/compile/peft wrappers down to the transformers CausalLM."""
+    while True:
+        if isinstance(model, HiddenStates):
+            model = model.lm
+        elif hasattr(model, "module"):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        else:
+            return model
+
+
+def output_head(model: nn.Module) -> Head:
+    lm = unwrap(model)
+    linear = lm.get_output_embeddings()
+    cfg = lm.config
+    return Head(
+        weight=linear.weight,
+        bias=getattr(linear, "bias", None),
+        logit_scale=float(getattr(cfg, "logit_scale", None) or 1.0),
+        softcap=getattr(cfg, "final_logit_softcapping", None),
+    )
+
+
+class HiddenStates(nn.Module):
+    """Wraps a CausalLM so that forward returns the final (normed) hidden states only.
+
+    DDP and accelerate wrap this module, so gradient sync covers the trunk; the head is used
+    by the loss outside forward and still receives its gradient in the same backward.
+    """
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        base = unwrap(self.lm)
+        decoder = base.get_decoder() if hasattr(base, "get_decoder") else base.base_model
+        out = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return out.last_hidden_state

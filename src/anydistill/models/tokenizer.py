@@ -1,0 +1,65 @@
+"""Load tokenizers and check that teacher and student share one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from anydistill.errors import ModelError
+
+
+def load_tokenizer(
+    path: str, *, field: str, revision: str | None = None, trust_remote_code: bool = False
+) -> PreTrainedTokenizerBase:
+    local = Path(path).expanduser()
+    if path.startswith((".", "/", "~")) and not local.is_dir():
+        raise ModelError(
+            f"{field}: {path} is not a directory; give a tokenizer directory or hub id"
+        )
+    try:
+        tok = AutoTokenizer.from_pretrained(
+            str(local) if local.is_dir() else path,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+        )
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"{field}: cannot load a tokenizer from {path!r} ({first})") from None
+    if tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token  # padding is masked out; any id works
+    return tok
+
+
+def real_vocab_size(tok: PreTrainedTokenizerBase) -> int:
+    """Ids the tokenizer can emit: base vocab + added tokens (heads may carry padding rows)."""
+    return len(tok)
+
+
+def check_same_tokenizer(
+    teacher: PreTrainedTokenizerBase, student: PreTrainedTokenizerBase
+) -> None:
+    """Same vocabulary (token -> id) and same special tokens, or one clear sentence."""
+    tv, sv = teacher.get_vocab(), student.get_vocab()
+    if tv != sv:
+        only_t = sorted(set(tv) - set(sv))[:3]
+        only_s = sorted(set(sv) - set(tv))[:3]
+        moved = [t for t in tv if t in sv and tv[t] != sv[t]][:3]
+        detail = (
+            f"sizes {len(tv)} vs {len(sv)}"
+            + (f", teacher-only tokens {only_t}" if only_t else "")
+            + (f", student-only tokens {only_s}" if only_s else "")
+            + (f", tokens with different ids {moved}" if moved else "")
+        )
+        raise ModelError(
+            "teacher and student tokenizers differ "
+            f"({detail}); same-tokenizer distillation needs one vocabulary — use the "
+            "cross-tokenizer mode for this pair"
+        )
+    for attr in ("bos_token", "eos_token"):
+        a, b = getattr(teacher, attr), getattr(student, attr)
+        if a != b:
+            raise ModelError(
+                f"teacher and student tokenizers disagree on {attr} ({a!r} vs {b!r}); set "
+                "student.tokenizer to the teacher's tokenizer or use the cross-tokenizer mode"
+            )

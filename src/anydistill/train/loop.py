@@ -1,0 +1,230 @@
+"""The training loop on accelerate: read it top to bottom.
+
+setup -> (resume) -> for each step: batches -> train_step -> optimizer -> log / eval / save
+-> final eval, final/ student, report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from anydistill.config import RunConfig, dump_config
+from anydistill.data import BatchStream, collate
+from anydistill.errors import AnydistillError, ConfigError, TrainingError
+from anydistill.eval.metrics import evaluate
+from anydistill.losses.objective import Objective, TermSpec
+from anydistill.models.heads import HiddenStates, unwrap
+from anydistill.models.lora import merged_for_saving
+from anydistill.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from anydistill.train.loggers import MetricsLog, truncate_after
+from anydistill.train.optim import build_optimizer, build_scheduler
+from anydistill.train.progress import StepProgress
+from anydistill.train.setup import RunParts, build_parts, pick_device
+from anydistill.train.step import train_step
+
+
+def prepare_run_dir(cfg: RunConfig, accelerator: Accelerator) -> tuple[Path, bool]:
+    """(run dir, fresh?) — refuses to clobber a finished or foreign directory."""
+    run_dir = Path(cfg.output.dir)
+    has_ckpt = bool(list_checkpoints(run_dir / "checkpoints"))
+    fresh = not (has_ckpt and cfg.output.resume) or cfg.output.overwrite
+    if accelerator.is_main_process:
+        if fresh and run_dir.exists() and any(run_dir.iterdir()):
+            if not cfg.output.overwrite:
+                raise ConfigError(
+                    f"output.dir {run_dir} already holds files and no checkpoint to resume; "
+                    "set output.overwrite=true or choose another output.dir"
+                )
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = run_dir / "config.yaml.tmp"
+        tmp.write_text(dump_config(cfg))
+        tmp.replace(run_dir / "config.yaml")
+    accelerator.wait_for_everyone()
+    return run_dir, fresh
+
+
+def _nan_message(step: int, loss: float, terms: dict[str, float]) -> str:
+    bad = [k for k, v in terms.items() if not math.isfinite(v)]
+    which = f"term `{bad[0]}` is {terms[bad[0]]}" if bad else "every term is finite"
+    return (
+        f"step {step}: the loss is {loss} ({which}); check the data and the teacher for NaN/inf, "
+        "lower train.lr, or use train.precision=fp32"
+    )
+
+
+def _save_final(run_dir: Path, parts: RunParts) -> None:
+    final, tmp = run_dir / "final", run_dir / "final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged_for_saving(parts.student).save_pretrained(str(tmp))
+    parts.tokenizer.save_pretrained(str(tmp))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+
+def train(cfg: RunConfig) -> Path:
+    """Run (or resume) one distillation; returns the run directory."""
+    device = pick_device(cfg.train.device)
+    accelerator = Accelerator(
+        cpu=device.type == "cpu",
+        mixed_precision="bf16" if cfg.train.precision == "bf16" else "no",
+    )
+    run_dir, fresh = prepare_run_dir(cfg, accelerator)
+    try:
+        with accelerator.main_process_first():  # rank 0 trains/saves a tokenizer first
+            parts = build_parts(cfg, run_dir, accelerator.device)
+    except AnydistillError:
+        if fresh and accelerator.is_main_process:
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing half-written
+        raise
+    set_seed(cfg.train.seed)
+    t = cfg.train
+    objective = Objective([TermSpec(**x.model_dump()) for x in cfg.objective.terms], t.max_steps)
+    optimizer = build_optimizer(parts.student, t.lr, t.weight_decay, t.betas)
+    scheduler = build_scheduler(
+        optimizer, t.warmup_steps, t.max_steps, t.lr_schedule, t.min_lr_ratio
+    )
+    stream = BatchStream(
+        parts.data.train,
+        t.micro_batch_size,
+        t.seed,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+    )
+    step = 0
+    checkpoints = list_checkpoints(run_dir / "checkpoints")
+    if checkpoints and not fresh:
+        from anydistill.train.checkpoint import set_rng_state
+
+        trainer_state, state = load_checkpoint(checkpoints[-1][1], parts.student)
+        optimizer.load_state_dict(trainer_state["optimizer"])
+        scheduler.load_state_dict(trainer_state["scheduler"])
+        set_rng_state(trainer_state["rng"])
+        stream.load_state_dict(state["data"])
+        objective.load_state_dict(state["objective"])
+        step = state["step"]
+        if accelerator.is_main_process:
+            truncate_after(run_dir / "metrics.jsonl", step)
+    model = HiddenStates(parts.student)
+    if t.compile:
+        model = torch.compile(model)
+    model = accelerator.prepare(model)
+    pad_id = parts.tokenizer.pad_token_id if parts.tokenizer.pad_token_id is not None else 0
+    log = (
+        MetricsLog(
+            run_dir / "metrics.jsonl",
+            t.tensorboard,
+            t.wandb,
+            t.wandb_project,
+            cfg.model_dump(mode="json"),
+        )
+        if accelerator.is_main_process
+        else None
+    )
+
+    def run_eval(at: int) -> dict[str, float]:
+        result = evaluate(
+            unwrap(model),
+            parts.teacher if cfg.eval.teacher else None,
+            parts.data.eval,
+            parts.tokenizer,
+            parts.vocab_size,
+            cfg.eval.batch_size,
+            cfg.eval.max_batches,
+            accelerator.device,
+            pad_id,
+            cfg.objective.chunk_size,
+        )
+        if log is not None and result:
+            log.write({"kind": "eval", "step": at, **result})
+        return result
+
+    progress = StepProgress(t.max_steps, step, enabled=t.progress and accelerator.is_main_process)
+    start, tokens_seen = time.perf_counter(), 0
+    with progress:
+        while step < t.max_steps:
+            terms = objective.active_terms(step)
+            batches = [collate(stream.next_batch(), pad_id) for _ in range(t.grad_accum)]
+            tick = time.perf_counter()
+            result = train_step(
+                accelerator,
+                model,
+                parts.teacher,
+                optimizer,
+                batches,
+                terms,
+                parts.vocab_size,
+                cfg.objective.engine,
+                cfg.objective.chunk_size,
+                t.max_grad_norm,
+            )
+            if not math.isfinite(result.loss):
+                raise TrainingError(_nan_message(step + 1, result.loss, result.terms))
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            objective.after_step(result.terms)
+            step += 1
+            tokens_seen += result.tokens
+            step_s = time.perf_counter() - tick
+            progress.update(step, result.loss, result.tokens / max(step_s, 1e-9))
+            if log is not None and (step % t.log_every == 0 or step == t.max_steps):
+                tokens = max(result.stats.get("tokens", 0.0), 1.0)
+                log.write(
+                    {
+                        "kind": "train",
+                        "step": step,
+                        "loss": result.loss,
+                        **{f"term/{k}": v for k, v in result.terms.items()},
+                        "lr": lr,
+                        "grad_norm": result.grad_norm,
+                        "agreement": result.stats.get("agree", 0.0) / tokens,
+                        "tokens": tokens_seen,
+                        "tokens_per_s": result.tokens / max(step_s, 1e-9),
+                        "elapsed_s": time.perf_counter() - start,
+                    }
+                )
+            if cfg.eval.every and step % cfg.eval.every == 0 and step < t.max_steps:
+                if accelerator.is_main_process:
+                    run_eval(step)
+                accelerator.wait_for_everyone()
+            stop_here = t.stop_at_step == step
+            if (t.save_every and step % t.save_every == 0) or stop_here:
+                if accelerator.is_main_process:
+                    save_checkpoint(
+                        run_dir / "checkpoints",
+                        step,
+                        unwrap(model),
+                        optimizer,
+                        scheduler,
+                        {"data": stream.state_dict(), "objective": objective.state_dict()},
+                        keep=t.keep_checkpoints,
+                    )
+                accelerator.wait_for_everyone()
+            if stop_here:
+                break
+    if accelerator.is_main_process and step == t.max_steps:
+        final_eval = run_eval(step)
+        tmp = run_dir / "eval.json.tmp"
+        tmp.write_text(json.dumps(final_eval, indent=1))
+        tmp.replace(run_dir / "eval.json")
+        if cfg.output.save_final:
+            _save_final(run_dir, parts)
+        if cfg.output.report:
+            from anydistill.report import write_report
+
+            write_report(run_dir)
+    if log is not None:
+        log.close()
+    accelerator.wait_for_everyone()
+    return run_dir

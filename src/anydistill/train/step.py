@@ -1,0 +1,140 @@
+"""One optimizer step: micro-batches -> teacher signal -> student hidden -> loss -> backward.
+
+Reduction is by the number of loss tokens in the whole step (all micro-batches, all ranks),
+so gradient accumulation and DDP give the same gradient as one big batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator
+
+from anydistill.losses.engine import LossOutput, TeacherSignal, distill_loss
+from anydistill.models.heads import HiddenStates, output_head
+
+
+@dataclass
+class StepInputs:
+    """Model-facing views of one micro-batch: targets already shifted and selected."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    select: torch.Tensor  # [B, T-1] bool: which positions predict a target token
+    labels: torch.Tensor  # [N] the target tokens of the selected positions
+
+
+def step_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> StepInputs:
+    ids = batch["input_ids"].to(device)
+    mask = batch["attention_mask"].to(device)
+    select = batch["loss_mask"][:, 1:].to(device)
+    return StepInputs(ids, mask, select, ids[:, 1:][select])
+
+
+def teacher_signal(teacher: torch.nn.Module | None, inputs: StepInputs) -> TeacherSignal | None:
+    if teacher is None:
+        return None
+    with torch.no_grad():
+        hidden = HiddenStates(teacher)(inputs.input_ids, inputs.attention_mask)
+    return TeacherSignal(hidden=hidden[:, :-1][inputs.select], head=output_head(teacher))
+
+
+def micro_batch_loss(
+    student: torch.nn.Module,
+    teacher: torch.nn.Module | None,
+    inputs: StepInputs,
+    terms: list,
+    vocab_size: int,
+    normalizer: torch.Tensor,
+    engine: str,
+    chunk_size: int,
+) -> LossOutput:
+    """`student` is the (possibly DDP-wrapped) HiddenStates module."""
+    signal = teacher_signal(teacher, inputs)
+    hidden = student(inputs.input_ids, inputs.attention_mask)
+    rows = hidden[:, :-1][inputs.select]
+    ones = torch.ones(rows.shape[0], dtype=torch.bool, device=rows.device)
+    return distill_loss(
+        rows,
+        output_head(student),
+        signal,
+        inputs.labels,
+        ones,
+        terms,
+        vocab_size=vocab_size,
+        normalizer=normalizer,
+        engine=engine,
+        chunk_size=chunk_size,
+    )
+
+
+def global_token_count(
+    accelerator: Accelerator, batches: list[dict[str, torch.Tensor]]
+) -> torch.Tensor:
+    local = sum(int(b["loss_mask"][:, 1:].sum()) for b in batches)
+    count = torch.tensor(float(local), device=accelerator.device)
+    return accelerator.reduce(count, reduction="sum")
+
+
+@dataclass
+class StepResult:
+    loss: float
+    terms: dict[str, float]
+    stats: dict[str, float]
+    tokens: int
+    grad_norm: float | None
+
+
+def train_step(
+    accelerator: Accelerator,
+    student: torch.nn.Module,
+    teacher: torch.nn.Module | None,
+    optimizer: torch.optim.Optimizer,
+    batches: list[dict[str, torch.Tensor]],
+    terms: list,
+    vocab_size: int,
+    engine: str,
+    chunk_size: int,
+    max_grad_norm: float | None,
+) -> StepResult:
+    """Forward/backward over the step's micro-batches; the caller steps the optimizer."""
+    normalizer = global_token_count(accelerator, batches)
+    # DDP averages gradients over ranks; scaling by world size turns that into the global sum.
+    scale = float(accelerator.num_processes)
+    total = torch.zeros((), device=accelerator.device)
+    term_sums: dict[str, torch.Tensor] = {}
+    stat_sums: dict[str, torch.Tensor] = {}
+    for i, batch in enumerate(batches):
+        inputs = step_inputs(batch, accelerator.device)
+        last = i == len(batches) - 1
+        sync = contextlib.nullcontext() if last else accelerator.no_sync(student)
+        with sync, accelerator.autocast():
+            out = micro_batch_loss(
+                student, teacher, inputs, terms, vocab_size, normalizer, engine, chunk_size
+            )
+            accelerator.backward(out.loss * scale)
+        total += out.loss.detach()
+        for k, v in out.terms.items():
+            term_sums[k] = term_sums.get(k, 0.0) + v
+        for k, v in out.stats.items():
+            stat_sums[k] = stat_sums.get(k, 0.0) + v
+    keys = sorted(term_sums)
+    skeys = sorted(stat_sums)
+    packed = torch.stack([total, *[term_sums[k] for k in keys], *[stat_sums[k] for k in skeys]])
+    packed = accelerator.reduce(packed.float(), reduction="sum").tolist()
+    grad_norm = None
+    if max_grad_norm is not None and all(map(_finite, packed[: 1 + len(keys)])):
+        grad_norm = float(accelerator.clip_grad_norm_(student.parameters(), max_grad_norm))
+    return StepResult(
+        loss=packed[0],
+        terms=dict(zip(keys, packed[1 : 1 + len(keys)], strict=True)),
+        stats=dict(zip(skeys, packed[1 + len(keys) :], strict=True)),
+        tokens=int(normalizer.item()),
+        grad_norm=grad_norm,
+    )
+
+
+def _finite(x: float) -> bool:
+    return x == x and abs(x) != float("inf")

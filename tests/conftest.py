@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny recipes pointed at a temp dir, CLI runner, shared data location."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "recipes" / "tiny"
+
+
+def tiny_recipe(name: str = "fkl", **changes) -> dict:
+    """A tiny recipe as a dict; `changes` are dotted keys (train__max_steps -> train.max_steps)."""
+    data = yaml.safe_load((TINY / f"{name}.yaml").read_text())
+    for key, value in changes.items():
+        node = data
+        parts = key.split("__")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return data
+
+
+@pytest.fixture
+def write_recipe(tmp_path):
+    def write(data: dict, name: str = "recipe.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tmp_path_factory) -> tuple[Path, Path]:
+    """Two saved tiny models: the second has a different tokenizer (vocab 320 vs 384)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from anydistill.demo.corpus import arithmetic_problems
+    from anydistill.demo.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("tiny_pair")
+    texts = [r["text"] for r in arithmetic_problems(400, seed=0)]
+    dirs = []
+    for name, vocab in (("teacher", 384), ("other", 320)):
+        tok = train_tokenizer(texts, vocab_size=vocab)
+        config = AutoConfig.for_model(
+            "llama",
+            vocab_size=len(tok),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=256,
+        )
+        model = AutoModelForCausalLM.from_config(config)
+        out = root / name
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        dirs.append(out)
+    return dirs[0], dirs[1]

@@ -1,0 +1,83 @@
+"""Two CPU processes (gloo) train the same global batch as one process: same losses."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import tiny_recipe
+
+
+def _rows(run: Path) -> list[dict]:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["kind"] == "train"]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_single_process(tmp_path):
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip("torchrun is not installed next to this python")
+    common = dict(
+        train__progress=False,
+        train__max_steps=4,
+        train__log_every=1,
+        eval__every=0,
+        output__report=False,
+        train__device="cpu",
+    )
+    ddp_cfg = tmp_path / "ddp.yaml"
+    ddp_cfg.write_text(
+        yaml.safe_dump(
+            tiny_recipe(
+                "ce_mix", output__dir=str(tmp_path / "ddp"), train__micro_batch_size=4, **common
+            )
+        )
+    )
+    one_cfg = tmp_path / "one.yaml"
+    one_cfg.write_text(
+        yaml.safe_dump(
+            tiny_recipe(
+                "ce_mix", output__dir=str(tmp_path / "one"), train__micro_batch_size=8, **common
+            )
+        )
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    ddp = subprocess.run(
+        [
+            torchrun,
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "anydistill",
+            "train",
+            str(ddp_cfg),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one = subprocess.run(
+        [sys.executable, "-m", "anydistill", "train", str(one_cfg)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, b = _rows(tmp_path / "ddp"), _rows(tmp_path / "one")
+    assert [r["step"] for r in a] == [1, 2, 3, 4]
+    for x, y in zip(a, b, strict=True):
+        assert x["tokens"] == y["tokens"]
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-4)
+        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-3)
+    assert (tmp_path / "ddp" / "final" / "config.json").is_file()
