@@ -42,6 +42,10 @@ class DemoSettings:
     batch_size: int
     teacher_dims: tuple[int, int, int]  # hidden, layers, heads
     student_dims: tuple[int, int, int]
+    teacher_lr: float = 3e-3
+    student_lr: float = 3e-3
+    kd_kind: str = "fkl"
+    kd_temperature: float = 1.0
     seed: int = 0
 
 
@@ -88,7 +92,7 @@ def llama_init(dims: tuple[int, int, int], seq_len: int) -> dict[str, Any]:
         "num_attention_heads": heads,
         "num_key_value_heads": heads,
         "intermediate_size": hidden * 4,
-        "max_position_embeddings": seq_len,
+        "max_position_embeddings": 2 * seq_len,
         "tie_word_embeddings": True,
         "rms_norm_eps": 1e-5,
     }
@@ -106,15 +110,18 @@ def _recipe(
     lr: float,
     quiet: bool,
     eval_teacher: bool,
+    text: bool = False,
 ) -> dict[str, Any]:
+    """`text=True`: plain LM on whole problems, packed (the teacher's pre-training)."""
+    kind = "text" if text else ""
     return {
         "teacher": {**teacher, "tokenizer": str(tok_dir)},
         "student": student,
         "data": {
-            "path": str(data_dir / "train.jsonl"),
-            "eval_path": str(data_dir / "eval.jsonl"),
+            "path": str(data_dir / f"train{kind}.jsonl"),
+            "eval_path": str(data_dir / f"eval{kind}.jsonl"),
             "seq_len": s.seq_len,
-            "packing": False,
+            "packing": text,
         },
         "objective": {"terms": terms},
         "train": {
@@ -141,6 +148,8 @@ def _write_data(s: DemoSettings, data_dir: Path) -> list[dict]:
         fields = ("prompt", "completion", "answer")
         lines = "".join(json.dumps({k: r[k] for k in fields}) + "\n" for r in rows)
         (data_dir / f"{name}.jsonl").write_text(lines)
+        texts = "".join(json.dumps({"text": r["prompt"] + r["completion"]}) + "\n" for r in rows)
+        (data_dir / f"{name}text.jsonl").write_text(texts)
     return held_out
 
 
@@ -149,7 +158,8 @@ def _cached_teacher(
 ) -> Path:
     from anydistill.train.loop import train
 
-    key = hashlib.sha256(json.dumps(asdict(s), sort_keys=True).encode()).hexdigest()[:16]
+    recipe_key = {"settings": asdict(s), "init": llama_init(s.teacher_dims, s.seq_len)}
+    key = hashlib.sha256(json.dumps(recipe_key, sort_keys=True).encode()).hexdigest()[:16]
     cached = cache_root() / "demo" / f"teacher-{key}"
     if (cached / "config.json").is_file():
         say(f"teacher: cached at {cached}")
@@ -165,9 +175,10 @@ def _cached_teacher(
         init,
         [{"kind": "ce"}],
         s.teacher_steps,
-        3e-3,
+        s.teacher_lr,
         quiet,
         eval_teacher=False,
+        text=True,
     )
     run = train(config_from_dict(recipe))
     cached.parent.mkdir(parents=True, exist_ok=True)
@@ -178,14 +189,19 @@ def _cached_teacher(
     return cached
 
 
-def run_demo(fast: bool = False, workdir: Path | None = None, quiet: bool = False) -> dict:
+def run_demo(
+    fast: bool = False,
+    workdir: Path | None = None,
+    quiet: bool = False,
+    settings: DemoSettings | None = None,
+) -> dict:
     """Run the demo; returns {teacher, student_kd, student_ce} -> {bits_per_byte, accuracy}."""
     from anydistill.eval.generation import exact_match_accuracy
     from anydistill.models.loading import load_pretrained
     from anydistill.models.tokenizer import load_tokenizer
     from anydistill.train.loop import train
 
-    s = FAST if fast else FULL
+    s = settings or (FAST if fast else FULL)
     console = Console(stderr=True, quiet=quiet)
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="anydistill-demo-"))
     data_dir, tok_dir = work / "data", work / "tokenizer"
@@ -199,7 +215,7 @@ def run_demo(fast: bool = False, workdir: Path | None = None, quiet: bool = Fals
     student = {"init": llama_init(s.student_dims, s.seq_len)}
     teacher = {"path": str(teacher_dir)}
     runs = {
-        "student_kd": [{"kind": "fkl", "weight": 1.0}],
+        "student_kd": [{"kind": s.kd_kind, "temperature": s.kd_temperature}],
         "student_ce": [{"kind": "ce"}],
     }
     results: dict[str, dict[str, float]] = {}
@@ -215,7 +231,7 @@ def run_demo(fast: bool = False, workdir: Path | None = None, quiet: bool = Fals
             student,
             terms,
             s.student_steps,
-            3e-3,
+            s.student_lr,
             quiet,
             eval_teacher=True,
         )

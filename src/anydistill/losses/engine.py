@@ -14,6 +14,7 @@ to the tokenizer's real vocabulary (`vocab_size`), so heads padded to different 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 
@@ -72,8 +73,9 @@ class _Plan:
     stat_names: tuple[str, ...]
 
 
-def _project(h: Tensor, weight: Tensor, bias: Tensor | None, scale: float, cap: float | None,
-             vocab_size: int) -> Tensor:
+def _project(
+    h: Tensor, weight: Tensor, bias: Tensor | None, scale: float, cap: float | None, vocab_size: int
+) -> Tensor:
     # Slicing the weight rows is the same as slicing the logits, minus the wasted columns.
     logits = h.float() @ weight[:vocab_size].float().T
     if bias is not None:
@@ -83,6 +85,59 @@ def _project(h: Tensor, weight: Tensor, bias: Tensor | None, scale: float, cap: 
     if cap is not None:
         logits = cap * torch.tanh(logits / cap)
     return logits
+
+
+class _LogProbs:
+    """log_softmax(logits / T), computed once per distinct temperature within a chunk."""
+
+    def __init__(self, logits: Tensor, grad: bool) -> None:
+        self.logits = logits
+        self.grad = grad
+        self._cache: dict[float, Tensor] = {}
+
+    def __call__(self, temp: float) -> Tensor:
+        if temp not in self._cache:
+            with contextlib.nullcontext() if self.grad else torch.no_grad():
+                z = self.logits if temp == 1.0 else self.logits / temp
+                self._cache[temp] = torch.log_softmax(z, dim=-1)
+        return self._cache[temp]
+
+
+def _term_sum(
+    term: ActiveTerm, student: _LogProbs, teacher: _LogProbs | None, labels: Tensor | None
+) -> Tensor:
+    """Sum over the chunk's rows of one term's per-token value (T**2 included)."""
+    temp = 1.0 if term.kind == "ce" else term.temperature
+    lq = student(temp)  # built with grad even when this term is evaluated without
+    # A zero-weight term is only reported: without a graph, its NaNs (if any) cannot leak
+    # into the gradient as 0 * NaN.
+    with torch.no_grad() if term.weight == 0 else contextlib.nullcontext():
+        if term.kind == "ce":
+            assert labels is not None
+            return F.nll_loss(lq, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+        assert teacher is not None
+        per_token = divergence(
+            term.kind, lq, teacher(temp), beta=term.beta, alpha=term.alpha, taid_t=term.taid_t
+        )
+        return per_token.sum() * (temp * temp)
+
+
+@torch.no_grad()
+def _stats(
+    plan: _Plan, student: _LogProbs, teacher: _LogProbs | None, labels: Tensor | None
+) -> Tensor:
+    """Detached monitoring sums at T = 1, in the order of `plan.stat_names`."""
+    lq = student(1.0).detach()
+    stats = {"tokens": lq.new_tensor(float(lq.shape[0])), "student_entropy": entropy(lq).sum()}
+    if teacher is not None:
+        lp = teacher(1.0)
+        stats["fkl"] = forward_kl(lq, lp).sum()
+        agree = student.logits.argmax(dim=-1) == teacher.logits.argmax(dim=-1)
+        stats["agree"] = agree.sum().float()
+        stats["teacher_entropy"] = entropy(lp).sum()
+    if labels is not None:
+        stats["student_nll"] = F.nll_loss(lq, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return torch.stack([stats[k] for k in plan.stat_names])
 
 
 def _chunk_sums(
@@ -98,68 +153,46 @@ def _chunk_sums(
     """Per-term sums `[K]` (with grad) and stats sums `[S]` (detached) for a block of rows."""
     # The trainer runs under autocast; the loss math must stay float32 regardless.
     with torch.autocast(device_type=s_hidden.device.type, enabled=False):
-        zs = _project(s_hidden, s_weight, s_bias, plan.student_scale, plan.student_cap,
-                      plan.vocab_size)
-        zt = None
+        zs = _project(
+            s_hidden, s_weight, s_bias, plan.student_scale, plan.student_cap, plan.vocab_size
+        )
+        student = _LogProbs(zs, grad=True)
+        teacher = None
         if t_hidden is not None and t_weight is not None:
             with torch.no_grad():
-                zt = _project(t_hidden, t_weight, t_bias, plan.teacher_scale, plan.teacher_cap,
-                              plan.vocab_size)
-        s_logp: dict[float, Tensor] = {}
-        t_logp: dict[float, Tensor] = {}
-
-        def student(temp: float) -> Tensor:
-            if temp not in s_logp:
-                s_logp[temp] = torch.log_softmax(zs if temp == 1.0 else zs / temp, dim=-1)
-            return s_logp[temp]
-
-        def teacher(temp: float) -> Tensor:
-            assert zt is not None
-            if temp not in t_logp:
-                with torch.no_grad():
-                    t_logp[temp] = torch.log_softmax(zt if temp == 1.0 else zt / temp, dim=-1)
-            return t_logp[temp]
-
-        values = []
-        for term in plan.terms:
-            if term.kind == "ce":
-                assert labels is not None
-                value = F.cross_entropy(zs, labels, ignore_index=IGNORE_INDEX, reduction="sum")
-            else:
-                temp = term.temperature
-                per_token = divergence(term.kind, student(temp), teacher(temp), beta=term.beta,
-                                       alpha=term.alpha, taid_t=term.taid_t)
-                value = per_token.sum() * (temp * temp)
-            values.append(value)
-        sums = torch.stack(values)
-
-        with torch.no_grad():
-            lq = student(1.0).detach()
-            stats = {"tokens": zs.new_tensor(float(zs.shape[0])), "student_entropy":
-                     entropy(lq).sum()}
-            if zt is not None:
-                lp = teacher(1.0)
-                stats["fkl"] = forward_kl(lq, lp).sum()
-                stats["agree"] = (zs.argmax(dim=-1) == zt.argmax(dim=-1)).sum().float()
-                stats["teacher_entropy"] = entropy(lp).sum()
-            if labels is not None:
-                stats["student_nll"] = F.cross_entropy(
-                    zs.detach(), labels, ignore_index=IGNORE_INDEX, reduction="sum"
+                zt = _project(
+                    t_hidden,
+                    t_weight,
+                    t_bias,
+                    plan.teacher_scale,
+                    plan.teacher_cap,
+                    plan.vocab_size,
                 )
-            stat_vec = torch.stack([stats[k] for k in plan.stat_names])
-    return sums, stat_vec
+            teacher = _LogProbs(zt, grad=False)
+        sums = torch.stack([_term_sum(t, student, teacher, labels) for t in plan.terms])
+        return sums, _stats(plan, student, teacher, labels)
 
 
 def _check_head(head: Head, vocab_size: int, who: str) -> None:
     rows = head.weight.shape[0]
     if rows < vocab_size:
-        raise ValueError(f"the {who} head has {rows} rows but vocab_size is {vocab_size}; "
-                         "pass the tokenizer's vocabulary size")
+        raise ValueError(
+            f"the {who} head has {rows} rows but vocab_size is {vocab_size}; "
+            "pass the tokenizer's vocabulary size"
+        )
 
 
-def _validate(student_hidden: Tensor, student_head: Head, teacher: TeacherSignal | None,
-              labels: Tensor | None, mask: Tensor, terms: list[ActiveTerm], vocab_size: int,
-              engine: str, chunk_size: int) -> None:
+def _validate(
+    student_hidden: Tensor,
+    student_head: Head,
+    teacher: TeacherSignal | None,
+    labels: Tensor | None,
+    mask: Tensor,
+    terms: list[ActiveTerm],
+    vocab_size: int,
+    engine: str,
+    chunk_size: int,
+) -> None:
     if engine not in ENGINES:
         raise ValueError(f"unknown loss engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if chunk_size < 1:
@@ -171,8 +204,9 @@ def _validate(student_hidden: Tensor, student_head: Head, teacher: TeacherSignal
         raise ValueError(f"term names must be unique, got {names}")
     for term in terms:
         if term.kind != "ce" and teacher is None:
-            raise ValueError(f"term {term.name!r} ({term.kind}) needs a teacher signal, "
-                             "but none was given")
+            raise ValueError(
+                f"term {term.name!r} ({term.kind}) needs a teacher signal, but none was given"
+            )
         if term.kind == "ce" and labels is None:
             raise ValueError(f"term {term.name!r} (ce) needs labels, but none were given")
     n = student_hidden.shape[0]
@@ -183,8 +217,9 @@ def _validate(student_hidden: Tensor, student_head: Head, teacher: TeacherSignal
     _check_head(student_head, vocab_size, "student")
     if teacher is not None:
         if teacher.hidden.shape[0] != n:
-            raise ValueError(f"teacher hidden has {teacher.hidden.shape[0]} rows, "
-                             f"the student has {n}")
+            raise ValueError(
+                f"teacher hidden has {teacher.hidden.shape[0]} rows, the student has {n}"
+            )
         _check_head(teacher.head, vocab_size, "teacher")
 
 
@@ -208,8 +243,9 @@ def distill_loss(
     (not a per-micro-batch mean). A NaN/inf loss is returned, not raised: `terms` holds every
     term's value so the caller can name the culprit.
     """
-    _validate(student_hidden, student_head, teacher, labels, mask, terms, vocab_size, engine,
-              chunk_size)
+    _validate(
+        student_hidden, student_head, teacher, labels, mask, terms, vocab_size, engine, chunk_size
+    )
     has_teacher = teacher is not None
     stat_names = ("tokens", "student_entropy")
     if has_teacher:
@@ -247,9 +283,15 @@ def distill_loss(
         parts = []
         for start in range(0, max(n, 1), chunk_size):
             end = start + chunk_size
-            args = (hs[start:end], s_w, s_b,
-                    None if ht is None else ht[start:end], t_w, t_b,
-                    None if y is None else y[start:end])
+            args = (
+                hs[start:end],
+                s_w,
+                s_b,
+                None if ht is None else ht[start:end],
+                t_w,
+                t_b,
+                None if y is None else y[start:end],
+            )
             # Checkpointing keeps only the chunk's inputs; logits are rebuilt in backward.
             parts.append(checkpoint(fn, *args, use_reentrant=False) if grad else fn(*args))
         sums = torch.stack([p[0] for p in parts]).sum(dim=0)

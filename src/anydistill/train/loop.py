@@ -114,6 +114,8 @@ def train(cfg: RunConfig) -> Path:
         step = state["step"]
         if accelerator.is_main_process:
             truncate_after(run_dir / "metrics.jsonl", step)
+    # The teacher runs in the step only when a term needs it (eval may still use it).
+    step_teacher = parts.teacher if objective.needs_teacher() else None
     model = HiddenStates(parts.student)
     if t.compile:
         model = torch.compile(model)
@@ -158,7 +160,7 @@ def train(cfg: RunConfig) -> Path:
             result = train_step(
                 accelerator,
                 model,
-                parts.teacher,
+                step_teacher,
                 optimizer,
                 batches,
                 terms,
