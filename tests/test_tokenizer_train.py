@@ -126,7 +126,8 @@ def test_fingerprint_is_sensitive(tok) -> None:
     base = tokenizer_fingerprint(tok)
     assert len(base) == 64 and int(base, 16) >= 0
     assert tokenizer_fingerprint(train_tokenizer(TEXTS, vocab_size=401)) != base
-    assert tokenizer_fingerprint(train_tokenizer(TEXTS[:-1] + ["zzz zzz"], 400)) != base
+    # A string repeated often enough to earn merges of its own must change the vocabulary.
+    assert tokenizer_fingerprint(train_tokenizer(TEXTS + ["zzqq zzqq"] * 300, 400)) != base
     extended = train_tokenizer(TEXTS, vocab_size=400)
     extended.add_special_tokens({"additional_special_tokens": ["<|tool|>"]})
     assert tokenizer_fingerprint(extended) != base

@@ -39,6 +39,7 @@ def _quiet_libraries() -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()  # our own bar is the one to watch
     except ImportError:
         pass
 

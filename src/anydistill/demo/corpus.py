@@ -258,9 +258,29 @@ _TEMPLATES: list[tuple[Callable[[random.Random, _Level, int], _Problem], tuple[i
 ]
 
 
-def _record(problem: _Problem) -> dict:
+# Worked solutions are phrased in several equivalent ways, chosen at random, so the text has
+# real entropy like natural language: one reference completion is then only a sample of the
+# right distribution, which is where a teacher's soft targets carry more than the label.
+_FIRST_STEP = ["{eq}.", "First, {eq}.", "We compute {eq}.", "Start with {eq}."]
+_NEXT_STEP = ["{eq}.", "Then {eq}.", "So {eq}.", "Next, {eq}.", "That makes {eq}."]
+_CLOSING = ["#### {a}", "The answer is {a}. #### {a}", "So the answer is {a}. #### {a}"]
+
+
+def _phrase(steps: list[str], answer: int, rng: random.Random) -> str:
+    sentences = []
+    for i, step in enumerate(steps):
+        if not step[0].isdigit():  # a plain statement ("Nina has 39 cookies.") stays as is
+            sentences.append(step)
+            continue
+        pattern = rng.choice(_FIRST_STEP if i == 0 else _NEXT_STEP)
+        sentences.append(pattern.format(eq=step.removesuffix(".")))
+    sentences.append(rng.choice(_CLOSING).format(a=answer))
+    return " ".join(sentences)
+
+
+def _record(problem: _Problem, rng: random.Random) -> dict:
     prompt = f"Question: {problem.prompt_body}\nAnswer:"
-    completion = " " + " ".join(problem.steps) + f" #### {problem.answer}\n"
+    completion = " " + _phrase(problem.steps, problem.answer, rng) + "\n"
     return {
         "prompt": prompt,
         "completion": completion,
@@ -292,7 +312,7 @@ def arithmetic_problems(n: int, seed: int, difficulty: str = "easy") -> list[dic
             raise ValueError(f"could not make {n} distinct {difficulty!r} problems; ask for fewer")
         ops = rng.choices((1, 2, 3), weights=level.op_weights)[0]
         candidates = [make for make, counts in _TEMPLATES if ops in counts]
-        record = _record(rng.choice(candidates)(rng, level, ops))
+        record = _record(rng.choice(candidates)(rng, level, ops), rng)
         if record["prompt"] not in seen:  # duplicates are skipped, not retried in place
             seen.add(record["prompt"])
             records.append(record)

@@ -1,10 +1,11 @@
 """The offline demo: the whole story on a CPU in minutes.
 
-1. generate arithmetic word problems with worked solutions (answers checkable);
+1. generate arithmetic word problems with worked solutions (answers checkable, phrasing
+   varied like natural text);
 2. train a byte-level BPE tokenizer on them;
-3. train a small teacher with cross-entropy (cached in the user cache dir);
-4. train the same small student twice for the same steps: with distillation and with plain
-   cross-entropy;
+3. train a small teacher on many problems (cached in the user cache dir);
+4. train the same small student twice, for the same steps, on a small set of new problems:
+   once distilled from the teacher (forward KL), once with plain cross-entropy;
 5. compare teacher, student+KD and student-CE on held-out bits per byte and exact-match
    accuracy.
 
@@ -22,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -32,7 +34,8 @@ from anydistill.demo.tokenizer import train_tokenizer
 
 @dataclass(frozen=True)
 class DemoSettings:
-    n_train: int
+    n_train: int  # the teacher's pre-training problems
+    n_student: int  # the students' (smaller) distillation set, disjoint from the teacher's
     n_eval: int
     n_accuracy: int
     vocab_size: int
@@ -46,32 +49,40 @@ class DemoSettings:
     student_lr: float = 3e-3
     kd_kind: str = "fkl"
     kd_temperature: float = 1.0
+    kd_ce_weight: float = 0.0  # > 0 mixes in the hard labels (Hinton et al. 2015)
     seed: int = 0
 
 
+# The teacher pre-trains on a large corpus; the students then see only a small set of new
+# problems for many epochs, the usual distillation setting: plain cross-entropy memorizes
+# those few answers, the teacher's soft targets carry what it learned from many more.
 FULL = DemoSettings(
     n_train=6000,
+    n_student=400,
     n_eval=300,
     n_accuracy=200,
     vocab_size=512,
     seq_len=128,
-    teacher_steps=900,
-    student_steps=300,
+    teacher_steps=800,
+    student_steps=400,
     batch_size=32,
-    teacher_dims=(192, 4, 4),
+    teacher_dims=(128, 4, 4),
     student_dims=(64, 2, 2),
+    student_lr=5e-3,
 )
 FAST = DemoSettings(
     n_train=2000,
+    n_student=150,
     n_eval=100,
     n_accuracy=60,
     vocab_size=400,
     seq_len=128,
-    teacher_steps=200,
-    student_steps=80,
+    teacher_steps=220,
+    student_steps=150,
     batch_size=32,
     teacher_dims=(128, 3, 4),
-    student_dims=(48, 2, 2),
+    student_dims=(64, 2, 2),
+    student_lr=5e-3,
 )
 
 
@@ -118,7 +129,7 @@ def _recipe(
         "teacher": {**teacher, "tokenizer": str(tok_dir)},
         "student": student,
         "data": {
-            "path": str(data_dir / f"train{kind}.jsonl"),
+            "path": str(data_dir / ("traintext.jsonl" if text else "student.jsonl")),
             "eval_path": str(data_dir / f"eval{kind}.jsonl"),
             "seq_len": s.seq_len,
             "packing": text,
@@ -142,9 +153,13 @@ def _recipe(
 
 
 def _write_data(s: DemoSettings, data_dir: Path) -> list[dict]:
-    train, held_out = split_problems(s.n_train, s.n_eval, s.seed)
+    problems, held_out = split_problems(s.n_train + s.n_student, s.n_eval, s.seed)
+    # Disjoint: the teacher pre-trains on the first n_train problems; the students distill on
+    # the next n_student, which the teacher never saw (the first k problems and the eval set
+    # do not depend on how many follow, so the cached teacher does not depend on n_student).
+    teacher_set, student_set = problems[: s.n_train], problems[s.n_train :]
     data_dir.mkdir(parents=True, exist_ok=True)
-    for name, rows in (("train", train), ("eval", held_out)):
+    for name, rows in (("train", teacher_set), ("student", student_set), ("eval", held_out)):
         fields = ("prompt", "completion", "answer")
         lines = "".join(json.dumps({k: r[k] for k in fields}) + "\n" for r in rows)
         (data_dir / f"{name}.jsonl").write_text(lines)
@@ -158,7 +173,19 @@ def _cached_teacher(
 ) -> Path:
     from anydistill.train.loop import train
 
-    recipe_key = {"settings": asdict(s), "init": llama_init(s.teacher_dims, s.seq_len)}
+    teacher_fields = (
+        "n_train",
+        "n_eval",
+        "vocab_size",
+        "seq_len",
+        "teacher_steps",
+        "batch_size",
+        "teacher_dims",
+        "teacher_lr",
+        "seed",
+    )
+    settings = {k: v for k, v in asdict(s).items() if k in teacher_fields}
+    recipe_key = {"settings": settings, "init": llama_init(s.teacher_dims, s.seq_len), "v": 5}
     key = hashlib.sha256(json.dumps(recipe_key, sort_keys=True).encode()).hexdigest()[:16]
     cached = cache_root() / "demo" / f"teacher-{key}"
     if (cached / "config.json").is_file():
@@ -215,7 +242,10 @@ def run_demo(
     student = {"init": llama_init(s.student_dims, s.seq_len)}
     teacher = {"path": str(teacher_dir)}
     runs = {
-        "student_kd": [{"kind": s.kd_kind, "temperature": s.kd_temperature}],
+        "student_kd": [
+            {"kind": s.kd_kind, "temperature": s.kd_temperature, "weight": 1 - s.kd_ce_weight}
+        ]
+        + ([{"kind": "ce", "weight": s.kd_ce_weight}] if s.kd_ce_weight > 0 else []),
         "student_ce": [{"kind": "ce"}],
     }
     results: dict[str, dict[str, float]] = {}
@@ -238,12 +268,12 @@ def run_demo(
         run = train(config_from_dict(recipe))
         metrics = json.loads((run / "eval.json").read_text())
         teacher_bpb = metrics["teacher/bits_per_byte"]
-        model = load_pretrained(str(run / "final"), field=name, dtype=_f32())
+        model = load_pretrained(str(run / "final"), field=name, dtype=torch.float32)
         results[name] = {
             "bits_per_byte": metrics["student/bits_per_byte"],
             "accuracy": exact_match_accuracy(model, tok, held_out[: s.n_accuracy]),
         }
-    teacher_model = load_pretrained(str(teacher_dir), field="teacher", dtype=_f32())
+    teacher_model = load_pretrained(str(teacher_dir), field="teacher", dtype=torch.float32)
     teacher_tok = load_tokenizer(str(teacher_dir), field="teacher")
     results = {
         "teacher": {
@@ -253,12 +283,6 @@ def run_demo(
         **results,
     }
     return results
-
-
-def _f32():
-    import torch
-
-    return torch.float32
 
 
 def print_table(table: dict[str, dict[str, float]]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import yaml
 
 from anydistill.config import config_from_dict
@@ -13,7 +14,7 @@ from anydistill.eval.generation import exact_match_accuracy
 from anydistill.eval.metrics import evaluate
 from anydistill.models.loading import freeze, load_pretrained
 from anydistill.models.tokenizer import load_tokenizer, real_vocab_size
-from anydistill.train.setup import _load_model, pick_device
+from anydistill.train.setup import load_model, pick_device
 
 
 def evaluate_run(
@@ -35,11 +36,11 @@ def evaluate_run(
     device = pick_device(cfg.train.device)
     tokenizer = load_tokenizer(str(final), field="final")
     vocab = real_vocab_size(tokenizer)
-    student = load_pretrained(str(final), field="final", dtype=_float32()).to(device)
+    student = load_pretrained(str(final), field="final", dtype=torch.float32).to(device)
     teacher = None
     if cfg.eval.teacher:
         teacher = freeze(
-            _load_model(cfg.teacher, "teacher", vocab, device, True, cfg.train.seed + 1)
+            load_model(cfg.teacher, "teacher", vocab, device, True, cfg.train.seed + 1)
         )
     _, eval_ds = load_raw(cfg.data, cfg.train.seed)
     if len(eval_ds) == 0:
@@ -68,9 +69,3 @@ def evaluate_run(
         if teacher is not None:
             result["teacher/accuracy"] = exact_match_accuracy(teacher, tokenizer, records)
     return result
-
-
-def _float32():
-    import torch
-
-    return torch.float32

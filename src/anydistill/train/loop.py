@@ -40,8 +40,9 @@ def prepare_run_dir(cfg: RunConfig, accelerator: Accelerator) -> tuple[Path, boo
     if accelerator.is_main_process:
         if fresh and run_dir.exists() and any(run_dir.iterdir()):
             if not cfg.output.overwrite:
+                why = "output.resume is off" if has_ckpt else "no checkpoint to resume"
                 raise ConfigError(
-                    f"output.dir {run_dir} already holds files and no checkpoint to resume; "
+                    f"output.dir {run_dir} already holds files and {why}; "
                     "set output.overwrite=true or choose another output.dir"
                 )
             shutil.rmtree(run_dir)
@@ -74,10 +75,9 @@ def _save_final(run_dir: Path, parts: RunParts) -> None:
 def train(cfg: RunConfig) -> Path:
     """Run (or resume) one distillation; returns the run directory."""
     device = pick_device(cfg.train.device)
-    accelerator = Accelerator(
-        cpu=device.type == "cpu",
-        mixed_precision="bf16" if cfg.train.precision == "bf16" else "no",
-    )
+    # bf16 autocast is applied in the step itself: accelerate's mixed-precision setting is
+    # process-global and could not change between runs of one process (the demo makes three).
+    accelerator = Accelerator(cpu=device.type == "cpu")
     run_dir, fresh = prepare_run_dir(cfg, accelerator)
     try:
         with accelerator.main_process_first():  # rank 0 trains/saves a tokenizer first
@@ -168,6 +168,7 @@ def train(cfg: RunConfig) -> Path:
                 cfg.objective.engine,
                 cfg.objective.chunk_size,
                 t.max_grad_norm,
+                bf16=t.precision == "bf16",
             )
             if not math.isfinite(result.loss):
                 raise TrainingError(_nan_message(step + 1, result.loss, result.terms))

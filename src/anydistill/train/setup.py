@@ -75,7 +75,7 @@ def _teacher_tokenizer(cfg: RunConfig, run_dir: Path, train_ds, mode_hint: str):
     )
 
 
-def _load_model(
+def load_model(
     mc: ModelConfig, field: str, vocab: int, device: torch.device, frozen: bool, seed: int
 ) -> PreTrainedModel:
     dtype = resolve_dtype(mc.dtype, device, frozen)
@@ -134,7 +134,7 @@ def build_parts(cfg: RunConfig, run_dir: Path, device: torch.device) -> RunParts
     needs_teacher = needs_teacher or cfg.student.from_teacher is not None
     teacher = None
     if needs_teacher:
-        teacher = _load_model(cfg.teacher, "teacher", vocab, device, frozen=True, seed=seed + 1)
+        teacher = load_model(cfg.teacher, "teacher", vocab, device, frozen=True, seed=seed + 1)
         freeze(teacher)
 
     if cfg.student.from_teacher is not None:
@@ -142,7 +142,7 @@ def build_parts(cfg: RunConfig, run_dir: Path, device: torch.device) -> RunParts
         student = student_from_teacher(teacher, cfg.student.from_teacher.layers).to(device)
     else:
         _check_student_tokenizer(cfg.student, tokenizer)  # before loading any weights
-        student = _load_model(cfg.student, "student", vocab, device, frozen=False, seed=seed + 2)
+        student = load_model(cfg.student, "student", vocab, device, frozen=False, seed=seed + 2)
     if cfg.student.dtype != "auto":
         student = student.to(resolve_dtype(cfg.student.dtype, device, frozen=False))
     student.train()

@@ -98,6 +98,7 @@ def train_step(
     engine: str,
     chunk_size: int,
     max_grad_norm: float | None,
+    bf16: bool = False,
 ) -> StepResult:
     """Forward/backward over the step's micro-batches; the caller steps the optimizer."""
     normalizer = global_token_count(accelerator, batches)
@@ -110,7 +111,8 @@ def train_step(
         inputs = step_inputs(batch, accelerator.device)
         last = i == len(batches) - 1
         sync = contextlib.nullcontext() if last else accelerator.no_sync(student)
-        with sync, accelerator.autocast():
+        autocast = torch.autocast(accelerator.device.type, torch.bfloat16, enabled=bf16)
+        with sync, autocast:
             out = micro_batch_loss(
                 student, teacher, inputs, terms, vocab_size, normalizer, engine, chunk_size
             )
