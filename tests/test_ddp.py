@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -11,12 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_recipe
-
-
-def _rows(run: Path) -> list[dict]:
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if r["kind"] == "train"]
+from conftest import tiny_recipe, train_rows
 
 
 @pytest.mark.slow
@@ -74,7 +68,7 @@ def test_two_process_ddp_matches_single_process(tmp_path):
         timeout=300,
     )
     assert one.returncode == 0, one.stderr[-3000:]
-    a, b = _rows(tmp_path / "ddp"), _rows(tmp_path / "one")
+    a, b = train_rows(tmp_path / "ddp"), train_rows(tmp_path / "one")
     assert [r["step"] for r in a] == [1, 2, 3, 4]
     for x, y in zip(a, b, strict=True):
         assert x["tokens"] == y["tokens"]

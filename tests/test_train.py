@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, tiny_recipe
+from conftest import TINY, tiny_recipe, train_rows
 from typer.testing import CliRunner
 
 from anydistill.cli import app
@@ -16,10 +16,6 @@ from anydistill.train.loop import train
 
 runner = CliRunner()
 
-
-def train_rows(run_dir: Path) -> list[dict]:
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if r["kind"] == "train"]
 
 
 def test_tiny_fkl_recipe_from_the_cli(tmp_path):

@@ -13,16 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import tiny_recipe
+from conftest import tiny_recipe, train_rows
 
 from anydistill.config import config_from_dict
 from anydistill.errors import ConfigError
 from anydistill.train.loop import train
-
-
-def train_rows(run_dir: Path) -> list[dict]:
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if r["kind"] == "train"]
 
 
 def quick(tmp_path: Path, name: str, recipe: str = "fkl", **changes) -> dict:
