@@ -67,7 +67,7 @@ def generalized_jsd(student_logp: Tensor, teacher_logp: Tensor, beta: float = 0.
     """Generalized Jensen-Shannon divergence JSD(beta), TRL GKD convention.
 
     Agarwal et al. 2024, "On-Policy Distillation of Language Models: Learning from
-    Self-Generated Mistakes" (ICLR), Eq. (1), as implemented by TRL's `GKDTrainer`:
+    Self-Generated Mistakes" (ICLR), as implemented by TRL's `GKDTrainer`:
 
         m   = beta * p + (1 - beta) * q
         JSD = beta * KL(p || m) + (1 - beta) * KL(q || m)
@@ -93,7 +93,7 @@ def skew_forward_kl(student_logp: Tensor, teacher_logp: Tensor, alpha: float = 0
     """DistiLLM skew KL: SKL^(alpha)(p, q) = KL(p || alpha * p + (1 - alpha) * q).
 
     Ko et al. 2024, "DistiLLM: Towards Streamlined Distillation for Large Language Models"
-    (ICML), Sec. 3 (alpha-skew KL; the paper's default alpha = 0.1). `alpha = 0` is forward KL;
+    (ICML), the alpha-skew KL (the paper's default alpha = 0.1). `alpha = 0` is forward KL;
     the gradient flows through q inside the mixture, as in the reference implementation.
     """
     mix = _log_mix(teacher_logp, student_logp, alpha, 1.0 - alpha)
@@ -103,7 +103,7 @@ def skew_forward_kl(student_logp: Tensor, teacher_logp: Tensor, alpha: float = 0
 def skew_reverse_kl(student_logp: Tensor, teacher_logp: Tensor, alpha: float = 0.1) -> Tensor:
     """DistiLLM skew reverse KL: SRKL^(alpha)(p, q) = KL(q || (1 - alpha) * p + alpha * q).
 
-    Ko et al. 2024 (ICML), Sec. 3. `alpha = 0` is reverse KL.
+    Ko et al. 2024 (ICML), the alpha-skew reverse KL. `alpha = 0` is reverse KL.
     """
     mix = _log_mix(teacher_logp, student_logp, 1.0 - alpha, alpha)
     return _kl(student_logp, mix)
@@ -113,7 +113,8 @@ def taid_target(student_logp: Tensor, teacher_logp: Tensor, t: float) -> Tensor:
     """TAID's interpolated target log p_t (no gradient to the student).
 
     Shing et al. 2025, "TAID: Temporally Adaptive Interpolated Distillation for Efficient
-    Knowledge Transfer in Language Models" (ICLR), Sec. 3, Eq. (2):
+    Knowledge Transfer in Language Models" (ICLR), the time-dependent intermediate
+    distribution (as in the authors' code, SakanaAI's TAID repository):
 
         p_t = softmax((1 - t) * stopgrad(logit_q) + t * logit_p)
 

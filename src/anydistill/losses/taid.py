@@ -1,4 +1,4 @@
-"""TAID's adaptive interpolation parameter t (Shing et al. 2025, ICLR, Sec. 3.2 / Algorithm 1).
+"""TAID's adaptive interpolation parameter t (Shing et al. 2025, ICLR).
 
 Update rule, once per optimizer step n with that step's TAID objective J_n:
 
