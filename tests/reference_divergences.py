@@ -145,4 +145,7 @@ def ref_stats(
     if labels is not None:
         keep = labels[mask] != -100
         out["student_nll"] = float(-lq[keep, labels[mask][keep]].sum())
+        if teacher_logits is not None:
+            lp = log_probs(teacher_logits)[mask]
+            out["teacher_nll"] = float(-lp[keep, labels[mask][keep]].sum())
     return out

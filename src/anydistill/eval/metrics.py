@@ -77,20 +77,6 @@ def evaluate(
         )
         for k, v in out.stats.items():
             sums[k] = sums.get(k, 0.0) + float(v)
-        if signal is not None:
-            t_out = distill_loss(
-                signal.hidden,
-                signal.head,
-                None,
-                inputs.labels,
-                mask,
-                ce_terms,
-                vocab_size=vocab_size,
-                normalizer=1.0,
-                engine="torch",
-                chunk_size=chunk_size,
-            )
-            sums["teacher_nll"] = sums.get("teacher_nll", 0.0) + float(t_out.stats["student_nll"])
     student.train(was_training)
     nbytes = target_bytes(used, tokenizer)
     tokens = sums["tokens"]

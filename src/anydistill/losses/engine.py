@@ -57,7 +57,7 @@ class LossOutput:
 
     loss: Tensor  # scalar with grad: sum_k weight_k * term_sum_k / normalizer
     terms: dict[str, Tensor]  # detached: unweighted term_sum_k / normalizer, per term name
-    stats: dict[str, Tensor]  # detached sums: tokens, fkl, agree, *_entropy, student_nll
+    stats: dict[str, Tensor]  # detached sums: tokens, fkl, agree, *_entropy, *_nll
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,10 @@ def _stats(
         stats["agree"] = agree.sum().float()
         stats["teacher_entropy"] = entropy(lp).sum()
     if labels is not None:
-        stats["student_nll"] = F.nll_loss(lq, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+        nll = functools.partial(F.nll_loss, ignore_index=IGNORE_INDEX, reduction="sum")
+        stats["student_nll"] = nll(lq, labels)
+        if teacher is not None:  # the teacher's own loss, from the logits already built
+            stats["teacher_nll"] = nll(lp, labels)
     return torch.stack([stats[k] for k in plan.stat_names])
 
 
@@ -252,6 +255,8 @@ def distill_loss(
         stat_names += ("fkl", "agree", "teacher_entropy")
     if labels is not None:
         stat_names += ("student_nll",)
+        if has_teacher:
+            stat_names += ("teacher_nll",)
     t_head = teacher.head if teacher is not None else None
     plan = _Plan(
         terms=tuple(terms),
