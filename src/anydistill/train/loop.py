@@ -24,7 +24,12 @@ from anydistill.eval.metrics import evaluate
 from anydistill.losses.objective import Objective, TermSpec
 from anydistill.models.heads import HiddenStates, unwrap
 from anydistill.models.lora import merged_for_saving
-from anydistill.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from anydistill.train.checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
 from anydistill.train.loggers import MetricsLog, truncate_after
 from anydistill.train.optim import build_optimizer, build_scheduler
 from anydistill.train.progress import StepProgress
@@ -103,8 +108,6 @@ def train(cfg: RunConfig) -> Path:
     step = 0
     checkpoints = list_checkpoints(run_dir / "checkpoints")
     if checkpoints and not fresh:
-        from anydistill.train.checkpoint import set_rng_state
-
         trainer_state, state = load_checkpoint(checkpoints[-1][1], parts.student)
         optimizer.load_state_dict(trainer_state["optimizer"])
         scheduler.load_state_dict(trainer_state["scheduler"])
