@@ -116,8 +116,9 @@ class TermConfig(Strict):
 
 class ObjectiveConfig(Strict):
     terms: list[TermConfig] = Field(min_length=1)
-    engine: Literal["naive", "torch"] = "torch"
-    chunk_size: int = Field(1024, ge=1)
+    engine: Literal["naive", "torch", "triton"] = "torch"
+    # Rows per logits block; None sizes blocks by the vocabulary (engine.auto_chunk_size).
+    chunk_size: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _unique_names(self) -> ObjectiveConfig:

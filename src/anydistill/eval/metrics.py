@@ -47,7 +47,7 @@ def evaluate(
     max_batches: int | None,
     device: torch.device,
     pad_id: int,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
 ) -> dict[str, float]:
     """Student (and teacher) metrics over the first `max_batches` eval batches."""
     batches = eval_batches(examples, batch_size)[:max_batches]

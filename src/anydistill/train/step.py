@@ -49,7 +49,7 @@ def micro_batch_loss(
     vocab_size: int,
     normalizer: torch.Tensor,
     engine: str,
-    chunk_size: int,
+    chunk_size: int | None,
 ) -> LossOutput:
     """`student` is the (possibly DDP-wrapped) HiddenStates module."""
     signal = teacher_signal(teacher, inputs)
@@ -96,7 +96,7 @@ def train_step(
     terms: list,
     vocab_size: int,
     engine: str,
-    chunk_size: int,
+    chunk_size: int | None,
     max_grad_norm: float | None,
     bf16: bool = False,
 ) -> StepResult:

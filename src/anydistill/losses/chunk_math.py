@@ -1,0 +1,164 @@
+"""The loss math on one block of logits: term sums, monitoring stats and d(loss)/d(logits).
+
+Every engine projects hidden states into logits block by block and hands each block here
+(or to the Triton kernel that computes the same three things in fused passes). All math is
+float32 on logits already sliced to the real vocabulary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from anydistill.losses.divergences import divergence, entropy, forward_kl
+from anydistill.losses.objective import ActiveTerm
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything the per-block math needs besides tensors."""
+
+    terms: tuple[ActiveTerm, ...]
+    vocab_size: int
+    student_scale: float
+    student_cap: float | None
+    teacher_scale: float
+    teacher_cap: float | None
+    stat_names: tuple[str, ...]
+
+
+def compute_dtype(h: Tensor) -> torch.dtype:
+    """float32 math for float32 and lower inputs; float64 inputs (references) stay float64."""
+    return torch.float64 if h.dtype == torch.float64 else torch.float32
+
+
+def project(h: Tensor, weight: Tensor, bias: Tensor | None, vocab_size: int) -> Tensor:
+    """Raw float32 logits `h @ weight[:V].T + bias[:V]` without upcasting the weight copy.
+
+    Slicing the weight rows is the same as slicing the logits, minus the wasted columns.
+    On CUDA, bf16/fp16 operands multiply with float32 output (no [V, H] float32 copy).
+    Teacher and student share the student's compute dtype.
+    """
+    w = weight[:vocab_size]
+    dtype = compute_dtype(h)
+    if h.is_cuda and h.dtype in (torch.bfloat16, torch.float16) and w.dtype == h.dtype:
+        logits = torch.mm(h, w.T, out_dtype=torch.float32)
+    else:
+        logits = h.to(dtype) @ w.to(dtype).T
+    if bias is not None:
+        logits = logits + bias[:vocab_size].to(dtype)
+    return logits
+
+
+def transform(raw: Tensor, scale: float, cap: float | None) -> Tensor:
+    """softcap(scale * raw): the head's final logits (Gemma-style soft-capping)."""
+    z = raw * scale if scale != 1.0 else raw
+    return cap * torch.tanh(z / cap) if cap is not None else z
+
+
+def transform_backward(grad: Tensor, final: Tensor, scale: float, cap: float | None) -> Tensor:
+    """d/d raw from d/d final, in place on `grad`: tanh' = 1 - (final / cap)**2."""
+    if cap is not None:
+        grad.mul_(1.0 - (final / cap).square())
+    if scale != 1.0:
+        grad.mul_(scale)
+    return grad
+
+
+class LogProbs:
+    """log_softmax(logits / T), computed once per distinct temperature within a block."""
+
+    def __init__(self, logits: Tensor, grad: bool) -> None:
+        self.logits = logits
+        self.grad = grad
+        self._cache: dict[float, Tensor] = {}
+
+    def __call__(self, temp: float) -> Tensor:
+        if temp not in self._cache:
+            with contextlib.nullcontext() if self.grad else torch.no_grad():
+                z = self.logits if temp == 1.0 else self.logits / temp
+                self._cache[temp] = torch.log_softmax(z, dim=-1)
+        return self._cache[temp]
+
+
+def term_sum(
+    term: ActiveTerm, student: LogProbs, teacher: LogProbs | None, labels: Tensor | None
+) -> Tensor:
+    """Sum over the block's rows of one term's per-token value (T**2 included)."""
+    temp = 1.0 if term.kind == "ce" else term.temperature
+    lq = student(temp)  # built with grad even when this term is evaluated without
+    # A zero-weight term is only reported: without a graph, its NaNs (if any) cannot leak
+    # into the gradient as 0 * NaN.
+    with torch.no_grad() if term.weight == 0 else contextlib.nullcontext():
+        if term.kind == "ce":
+            assert labels is not None
+            return F.nll_loss(lq, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+        assert teacher is not None
+        per_token = divergence(
+            term.kind, lq, teacher(temp), beta=term.beta, alpha=term.alpha, taid_t=term.taid_t
+        )
+        return per_token.sum() * (temp * temp)
+
+
+@torch.no_grad()
+def block_stats(
+    stat_names: Sequence[str], student: LogProbs, teacher: LogProbs | None, labels: Tensor | None
+) -> Tensor:
+    """Detached monitoring sums at T = 1, in the order of `stat_names`."""
+    lq = student(1.0).detach()
+    stats = {"tokens": lq.new_tensor(float(lq.shape[0])), "student_entropy": entropy(lq).sum()}
+    if teacher is not None:
+        lp = teacher(1.0)
+        stats["fkl"] = forward_kl(lq, lp).sum()
+        agree = student.logits.argmax(dim=-1) == teacher.logits.argmax(dim=-1)
+        stats["agree"] = agree.sum().float()
+        stats["teacher_entropy"] = entropy(lp).sum()
+    if labels is not None:
+        nll = functools.partial(F.nll_loss, ignore_index=IGNORE_INDEX, reduction="sum")
+        stats["student_nll"] = nll(lq, labels)
+        if teacher is not None:  # the teacher's own loss, from the logits already built
+            stats["teacher_nll"] = nll(lp, labels)
+    return torch.stack([stats[k] for k in stat_names])
+
+
+def weighted_total(terms: Sequence[ActiveTerm], sums: Tensor) -> Tensor:
+    """sum_k w_k * sums_k, where a zero weight silences its term even if it is inf/NaN."""
+    weights = torch.tensor([t.weight for t in terms], dtype=sums.dtype, device=sums.device)
+    return torch.where(weights != 0, sums * weights, torch.zeros_like(sums)).sum()
+
+
+def block_sums(
+    plan: Plan, zs: Tensor, zt: Tensor | None, labels: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """Per-term sums `[K]` (differentiable in `zs`) and stats `[S]` (detached)."""
+    student = LogProbs(zs, grad=torch.is_grad_enabled())
+    teacher = LogProbs(zt, grad=False) if zt is not None else None
+    sums = torch.stack([term_sum(t, student, teacher, labels) for t in plan.terms])
+    return sums, block_stats(plan.stat_names, student, teacher, labels)
+
+
+def torch_rows(
+    plan: Plan, zs: Tensor, zt: Tensor | None, labels: Tensor | None, want_grad: bool
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Term sums, stats and d(weighted total)/d zs for one block, by autograd on the block."""
+    if not want_grad:
+        with torch.no_grad():
+            sums, stats = block_sums(plan, zs, zt, labels)
+        return sums, stats, None
+    leaf = zs.detach().requires_grad_(True)
+    with torch.enable_grad():
+        sums, stats = block_sums(plan, leaf, zt, labels)
+        total = weighted_total(plan.terms, sums)
+    if total.requires_grad:
+        (grad,) = torch.autograd.grad(total, leaf)
+    else:  # every weight is zero: nothing to learn from this block
+        grad = torch.zeros_like(leaf)
+    return sums.detach(), stats, grad
