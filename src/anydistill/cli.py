@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from anydistill.bench.cli import bench_app
 from anydistill.errors import AnydistillError
 
 app = typer.Typer(
@@ -23,6 +24,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Distill any teacher language model into any student.",
 )
+
+app.add_typer(bench_app, name="bench")
 
 
 def _fail(message: str) -> None:
@@ -116,6 +119,48 @@ def demo(
         typer.echo(json.dumps(table, indent=1))
     else:
         print_table(table)
+
+
+@app.command()
+def speculate(
+    target: Annotated[str, typer.Option(help="target model: run dir, model dir or hub id")],
+    drafter: Annotated[str, typer.Option(help="drafter model: run dir, model dir or hub id")],
+    data: Annotated[str, typer.Option(help="prompts file (prompt/question/text column)")],
+    gamma: Annotated[int, typer.Option(help="draft tokens per target call (1..16)")] = 4,
+    temperature: Annotated[float, typer.Option(help="0 = greedy")] = 0.0,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
+    max_prompts: Annotated[int, typer.Option(min=1)] = 32,
+    column: Annotated[str | None, typer.Option(help="prompt column name")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Speculative decoding with lossless verification: acceptance, tokens/call, speedup."""
+    _quiet_libraries()
+    from anydistill.eval.speculate_cmd import run_speculate
+
+    try:
+        result = run_speculate(
+            target,
+            drafter,
+            data,
+            column=column,
+            gamma=gamma,
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
+            max_prompts=max_prompts,
+            seed=seed,
+            device=device,
+        )
+    except AnydistillError as err:
+        _fail(str(err))
+    if as_json:
+        typer.echo(json.dumps(result, indent=1))
+        return
+    for key in ("acceptance_rate", "mean_accepted", "speedup", "greedy_identical"):
+        typer.echo(f"{key}: {result[key]}")
+    rates = ", ".join(f"{r:.2f}" for r in result["acceptance_by_position"])
+    typer.echo(f"acceptance by draft position: {rates}")
 
 
 def main() -> None:
