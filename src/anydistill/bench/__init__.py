@@ -1,0 +1,1 @@
+"""Benchmarks behind `anydistill bench ...`: speed, memory and error, with machine info."""

@@ -1,0 +1,135 @@
+"""`anydistill bench ...` subcommands: print a table, or JSON with `--json`, and save a record."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+bench_app = typer.Typer(
+    no_args_is_help=True, help="Measure speed, memory and error of anydistill's parts."
+)
+
+# The issue's grid: H100 shapes of Llama-3 and Qwen2.5 heads; one CPU-sized shape.
+GPU_SHAPES = [
+    "8192,128256,2048,4096",
+    "16384,151936,896,3584",
+    "32768,151936,1536,3584",
+]
+CPU_SHAPES = ["4096,32000,512,1024"]
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        _fail("--device cuda was requested but no CUDA GPU is visible; use --device cpu")
+    if name not in ("cpu", "cuda"):
+        _fail(f"--device {name!r} is not one of auto, cpu, cuda")
+    return torch.device(name)
+
+
+def _save(out: Path, kind: str, device, settings: dict, records: list[dict]) -> None:
+    from anydistill.bench.machine import machine_info
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "benchmark": kind,
+        "machine": machine_info(device),
+        "settings": settings,
+        "records": records,
+    }
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    tmp.replace(out)
+
+
+@bench_app.command("loss")
+def loss_cmd(
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    shape: Annotated[
+        list[str] | None, typer.Option(help="BT,V,Hs,Ht (repeatable); default: a grid")
+    ] = None,
+    divergence: Annotated[
+        list[str] | None, typer.Option(help="repeatable; default: every divergence")
+    ] = None,
+    engine: Annotated[
+        list[str] | None,
+        typer.Option(help="naive, torch, triton (repeatable); default: naive, torch (+triton)"),
+    ] = None,
+    compare: Annotated[str, typer.Option(help="also time these, e.g. trl,liger")] = "",
+    dtype: Annotated[str, typer.Option(help="input dtype: fp32 or bf16 (default by device)")] = "",
+    chunk_size: Annotated[
+        int | None, typer.Option(min=1, help="rows per logits block (default: by vocabulary)")
+    ] = None,
+    warmup: Annotated[int, typer.Option(min=0)] = 1,
+    repeats: Annotated[int, typer.Option(min=1)] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON list of records")] = False,
+    out: Annotated[Path | None, typer.Option(help="also write records + machine here")] = None,
+) -> None:
+    """Forward+backward time, peak extra memory and error vs float64, per engine."""
+    import torch
+
+    from anydistill.bench.loss import DIVERGENCE_TERMS, Shape, bench_loss
+    from anydistill.bench.table import print_loss_table
+
+    dev = _device(device)
+    try:
+        shapes = [
+            Shape.parse(s) for s in (shape or (GPU_SHAPES if dev.type == "cuda" else CPU_SHAPES))
+        ]
+    except ValueError as err:
+        _fail(str(err))
+    dtype = dtype or ("bf16" if dev.type == "cuda" else "fp32")
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    if dtype not in dtypes:
+        _fail(f"--dtype {dtype!r} is not one of fp32, bf16")
+    engines = list(
+        engine or (["naive", "torch", "triton"] if dev.type == "cuda" else ["naive", "torch"])
+    )
+    engines += [e.strip() for e in compare.split(",") if e.strip()]
+    divergences = list(divergence or DIVERGENCE_TERMS)
+
+    def progress(record: dict) -> None:
+        if not as_json:
+            state = record.get("error") or f"{record['ms']:.1f} ms"
+            typer.echo(
+                f"  {record['shape']} {record['divergence']} {record['engine']}: {state}", err=True
+            )
+
+    try:
+        records = bench_loss(
+            shapes,
+            divergences,
+            engines,
+            dev,
+            dtypes[dtype],
+            warmup,
+            repeats,
+            chunk_size=chunk_size,
+            on_record=progress,
+        )
+    except ValueError as err:
+        _fail(str(err))
+    if out is not None:
+        settings = {
+            "dtype": dtype,
+            "warmup": warmup,
+            "repeats": repeats,
+            "engines": engines,
+            "chunk_size": chunk_size,
+        }
+        _save(out, "loss", dev, settings, records)
+    if as_json:
+        typer.echo(json.dumps(records, indent=1))
+    else:
+        print_loss_table(records)
