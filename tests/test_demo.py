@@ -11,10 +11,22 @@ import pytest
 
 @pytest.mark.slow
 def test_fast_demo_json_table(tmp_path):
-    env = {"ANYDISTILL_CACHE": str(tmp_path / "cache"), "TOKENIZERS_PARALLELISM": "false",
-           "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    cmd = [sys.executable, "-m", "anydistill", "demo", "--fast", "--json",
-           "--workdir", str(tmp_path / "work")]
+    env = {
+        "ANYDISTILL_CACHE": str(tmp_path / "cache"),
+        "TOKENIZERS_PARALLELISM": "false",
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "anydistill",
+        "demo",
+        "--fast",
+        "--json",
+        "--workdir",
+        str(tmp_path / "work"),
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     table = json.loads(done.stdout)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import importlib.util
 import weakref
 
 import pytest
@@ -121,7 +122,9 @@ def _close(a, b, rtol=1e-4, atol=1e-6):
 
 
 @pytest.mark.parametrize(
-    ("engine", "chunk_size"), [("naive", 1024), ("torch", 5), ("torch", 4), ("torch", 1000)]
+    ("engine", "chunk_size"),
+    [("naive", 1024), ("torch", 5), ("torch", 4), ("torch", 1000)]
+    + ([("triton", 6)] if importlib.util.find_spec("triton") else []),
 )
 @pytest.mark.parametrize("softcap", [30.0, None])
 def test_engine_matches_reference(engine, chunk_size, softcap):

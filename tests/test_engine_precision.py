@@ -7,6 +7,8 @@ loss and over each gradient tensor.
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 from reference_divergences import ref_logits, ref_loss
@@ -29,6 +31,8 @@ KINDS = [
     ("ce", {}),
 ]
 ENGINES = [("naive", None), ("torch", 7), ("torch", None)]
+if importlib.util.find_spec("triton") is not None:  # on CPU: Triton's interpreter (conftest)
+    ENGINES.append(("triton", 7))
 
 
 def _case(kind: str, extreme: bool, seed: int = 0):

@@ -21,17 +21,28 @@ from anydistill.train.loop import train
 
 
 def quick(tmp_path: Path, name: str, recipe: str = "fkl", **changes) -> dict:
-    base = dict(output__dir=str(tmp_path / name), train__progress=False, train__max_steps=4,
-                eval__every=0, output__report=False)
+    base = dict(
+        output__dir=str(tmp_path / name),
+        train__progress=False,
+        train__max_steps=4,
+        eval__every=0,
+        output__report=False,
+    )
     return tiny_recipe(recipe, **{**base, **changes})
 
 
 def test_chat_messages_train_on_assistant_turns(tmp_path):
     from anydistill.demo.corpus import arithmetic_problems
 
-    rows = [{"messages": [{"role": "user", "content": r["prompt"]},
-                          {"role": "assistant", "content": r["completion"].strip()}]}
-            for r in arithmetic_problems(120, seed=3)]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": r["prompt"]},
+                {"role": "assistant", "content": r["completion"].strip()},
+            ]
+        }
+        for r in arithmetic_problems(120, seed=3)
+    ]
     path = tmp_path / "chat.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     data = quick(tmp_path, "chat", data__path=str(path), data__eval_fraction=0.1)
@@ -44,8 +55,11 @@ def test_chat_messages_train_on_assistant_turns(tmp_path):
 
 @pytest.mark.parametrize(
     "changes",
-    [{"train__gradient_checkpointing": True}, {"train__precision": "bf16"},
-     {"objective__engine": "naive"}],
+    [
+        {"train__gradient_checkpointing": True},
+        {"train__precision": "bf16"},
+        {"objective__engine": "naive"},
+    ],
     ids=["gradient_checkpointing", "bf16", "naive_engine"],
 )
 def test_training_options(tmp_path, changes):
@@ -56,16 +70,35 @@ def test_training_options(tmp_path, changes):
 
 def test_gradient_checkpointing_gives_the_same_step(tmp_path):
     plain = train_rows(train(config_from_dict(quick(tmp_path, "a", train__log_every=1))))
-    ckpt = train_rows(train(config_from_dict(quick(
-        tmp_path, "b", train__log_every=1, train__gradient_checkpointing=True))))
+    ckpt = train_rows(
+        train(
+            config_from_dict(
+                quick(tmp_path, "b", train__log_every=1, train__gradient_checkpointing=True)
+            )
+        )
+    )
     for x, y in zip(plain, ckpt, strict=True):
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-5)
 
 
+def test_triton_engine_trains_like_the_torch_engine(tmp_path):
+    """On CPU the kernel runs in Triton's interpreter (see conftest): same steps, same math."""
+    pytest.importorskip("triton")
+    changes = dict(train__log_every=1, train__max_steps=2, train__warmup_steps=0, data__seq_len=32)
+    ref = train_rows(train(config_from_dict(quick(tmp_path, "t", **changes))))
+    fused = train_rows(
+        train(config_from_dict(quick(tmp_path, "k", objective__engine="triton", **changes)))
+    )
+    for x, y in zip(ref, fused, strict=True):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5)
+        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-4)
+
+
 @pytest.mark.slow
 def test_torch_compile_option(tmp_path):
-    run = train(config_from_dict(quick(tmp_path, "compiled", train__compile=True,
-                                       train__max_steps=3)))
+    run = train(
+        config_from_dict(quick(tmp_path, "compiled", train__compile=True, train__max_steps=3))
+    )
     assert torch.isfinite(torch.tensor(train_rows(run)[-1]["loss"]))
 
 
@@ -84,19 +117,28 @@ def test_tensorboard_logger_or_clear_error(tmp_path):
 @pytest.mark.slow
 def test_sigkill_then_resume_matches_an_unbroken_run(tmp_path):
     """A real kill -9 mid-run (after a checkpoint); rerunning the same command resumes."""
-    changes = dict(train__max_steps=120, train__save_every=20, train__log_every=1,
-                   train__progress=False, eval__every=0, output__report=False,
-                   data__synthetic_size=2000)
+    changes = dict(
+        train__max_steps=120,
+        train__save_every=20,
+        train__log_every=1,
+        train__progress=False,
+        eval__every=0,
+        output__report=False,
+        data__synthetic_size=2000,
+    )
     full_cfg = tmp_path / "full.yaml"
-    full_cfg.write_text(yaml.safe_dump(tiny_recipe("fkl", output__dir=str(tmp_path / "full"),
-                                                   **changes)))
+    full_cfg.write_text(
+        yaml.safe_dump(tiny_recipe("fkl", output__dir=str(tmp_path / "full"), **changes))
+    )
     cut_cfg = tmp_path / "cut.yaml"
-    cut_cfg.write_text(yaml.safe_dump(tiny_recipe("fkl", output__dir=str(tmp_path / "cut"),
-                                                  **changes)))
+    cut_cfg.write_text(
+        yaml.safe_dump(tiny_recipe("fkl", output__dir=str(tmp_path / "cut"), **changes))
+    )
     cmd = [sys.executable, "-m", "anydistill", "train"]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.Popen(cmd + [str(cut_cfg)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd + [str(cut_cfg)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     ckpts = tmp_path / "cut" / "checkpoints"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:

@@ -87,9 +87,10 @@ def _rows_fn(engine: str) -> RowsFn:
             ) from None
 
         def triton_rows(plan: Plan, zs: Tensor, zt, labels, want_grad: bool):
-            # The kernel may overwrite zs with its gradient: the block is not reused after.
+            # The gradient overwrites zs in place unless soft-capping's backward needs zs.
+            out = zs if plan.student_cap is None else None
             return rows_loss_and_grad(
-                zs, zt, labels, plan.terms, plan.stat_names, want_grad, grad_out=zs
+                zs, zt, labels, plan.terms, plan.stat_names, want_grad, grad_out=out
             )
 
         return triton_rows
