@@ -18,6 +18,7 @@ from torch import Tensor
 
 from anydistill.losses.divergences import divergence, entropy, forward_kl
 from anydistill.losses.objective import ActiveTerm
+from anydistill.losses.sparse import SparseTarget
 
 IGNORE_INDEX = -100
 
@@ -89,8 +90,11 @@ class LogProbs:
         return self._cache[temp]
 
 
+Teacher = LogProbs | SparseTarget
+
+
 def term_sum(
-    term: ActiveTerm, student: LogProbs, teacher: LogProbs | None, labels: Tensor | None
+    term: ActiveTerm, student: LogProbs, teacher: Teacher | None, labels: Tensor | None
 ) -> Tensor:
     """Sum over the block's rows of one term's per-token value (T**2 included)."""
     temp = 1.0 if term.kind == "ce" else term.temperature
@@ -102,20 +106,29 @@ def term_sum(
             assert labels is not None
             return F.nll_loss(lq, labels, ignore_index=IGNORE_INDEX, reduction="sum")
         assert teacher is not None
+        if isinstance(teacher, SparseTarget):  # both sides on the cached k + 1 outcomes
+            lq, lp = teacher.student(lq, temp), teacher.teacher(temp)
+        else:
+            lp = teacher(temp)
         per_token = divergence(
-            term.kind, lq, teacher(temp), beta=term.beta, alpha=term.alpha, taid_t=term.taid_t
+            term.kind, lq, lp, beta=term.beta, alpha=term.alpha, taid_t=term.taid_t
         )
         return per_token.sum() * (temp * temp)
 
 
 @torch.no_grad()
 def block_stats(
-    stat_names: Sequence[str], student: LogProbs, teacher: LogProbs | None, labels: Tensor | None
+    stat_names: Sequence[str], student: LogProbs, teacher: Teacher | None, labels: Tensor | None
 ) -> Tensor:
     """Detached monitoring sums at T = 1, in the order of `stat_names`."""
     lq = student(1.0).detach()
     stats = {"tokens": lq.new_tensor(float(lq.shape[0])), "student_entropy": entropy(lq).sum()}
-    if teacher is not None:
+    if isinstance(teacher, SparseTarget):  # on the cached outcomes; no teacher nll
+        lp = teacher.teacher(1.0)
+        stats["fkl"] = forward_kl(teacher.student(lq, 1.0), lp).sum()
+        stats["agree"] = (student.logits.argmax(dim=-1) == teacher.argmax_ids()).sum().float()
+        stats["teacher_entropy"] = entropy(lp).sum()
+    elif teacher is not None:
         lp = teacher(1.0)
         stats["fkl"] = forward_kl(lq, lp).sum()
         agree = student.logits.argmax(dim=-1) == teacher.logits.argmax(dim=-1)
@@ -124,7 +137,7 @@ def block_stats(
     if labels is not None:
         nll = functools.partial(F.nll_loss, ignore_index=IGNORE_INDEX, reduction="sum")
         stats["student_nll"] = nll(lq, labels)
-        if teacher is not None:  # the teacher's own loss, from the logits already built
+        if isinstance(teacher, LogProbs):  # the teacher's own loss, from its logits
             stats["teacher_nll"] = nll(lp, labels)
     return torch.stack([stats[k] for k in stat_names])
 
@@ -136,17 +149,20 @@ def weighted_total(terms: Sequence[ActiveTerm], sums: Tensor) -> Tensor:
 
 
 def block_sums(
-    plan: Plan, zs: Tensor, zt: Tensor | None, labels: Tensor | None
+    plan: Plan, zs: Tensor, zt: Tensor | SparseTarget | None, labels: Tensor | None
 ) -> tuple[Tensor, Tensor]:
-    """Per-term sums `[K]` (differentiable in `zs`) and stats `[S]` (detached)."""
+    """Per-term sums `[K]` (differentiable in `zs`) and stats `[S]` (detached).
+
+    `zt` is the teacher's dense logits for the block, or a sparse (cached) target.
+    """
     student = LogProbs(zs, grad=torch.is_grad_enabled())
-    teacher = LogProbs(zt, grad=False) if zt is not None else None
+    teacher = LogProbs(zt, grad=False) if isinstance(zt, Tensor) else zt
     sums = torch.stack([term_sum(t, student, teacher, labels) for t in plan.terms])
     return sums, block_stats(plan.stat_names, student, teacher, labels)
 
 
 def torch_rows(
-    plan: Plan, zs: Tensor, zt: Tensor | None, labels: Tensor | None, want_grad: bool
+    plan: Plan, zs: Tensor, zt: Tensor | SparseTarget | None, labels: Tensor | None, want_grad: bool
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Term sums, stats and d(weighted total)/d zs for one block, by autograd on the block."""
     if not want_grad:

@@ -32,6 +32,7 @@ from anydistill.losses.chunk_math import (
 )
 from anydistill.losses.fused import FusedLinearDistill, RowsFn
 from anydistill.losses.objective import ActiveTerm
+from anydistill.losses.sparse import TAIL_MODES, SparseTarget, SparseTeacher, refusal
 
 ENGINES = ("naive", "torch", "triton")
 # Elements of one [chunk, V] float32 block when chunk_size is left to the engine: 16 MiB on
@@ -54,7 +55,7 @@ class Head:
 class TeacherSignal:
     """An online teacher: its final hidden states (no grad) and its output head.
 
-    A sparse top-k variant (cached / remote teachers) will sit beside this one.
+    Its sparse sibling is `SparseTeacher` (top-k from an offline cache).
     """
 
     hidden: Tensor  # [N, Ht], rows aligned with the student's rows
@@ -139,7 +140,9 @@ def _validate(
     if labels is not None and labels.shape != (n,):
         raise ValueError(f"labels must have shape [{n}], got {list(labels.shape)}")
     _check_head(student_head, vocab_size, "student")
-    if teacher is not None:
+    if isinstance(teacher, SparseTeacher):
+        _check_sparse(teacher, terms, n, vocab_size)
+    elif teacher is not None:
         if teacher.hidden.shape[0] != n:
             raise ValueError(
                 f"teacher hidden has {teacher.hidden.shape[0]} rows, the student has {n}"
@@ -147,10 +150,51 @@ def _validate(
         _check_head(teacher.head, vocab_size, "teacher")
 
 
+def _check_sparse(teacher: SparseTeacher, terms: list[ActiveTerm], n: int, vocab: int) -> None:
+    if teacher.tail not in TAIL_MODES:
+        raise ValueError(f"tail must be one of {', '.join(TAIL_MODES)}, got {teacher.tail!r}")
+    k = teacher.ids.shape[1] if teacher.ids.dim() == 2 else -1
+    if teacher.ids.shape != (n, k) or teacher.logp.shape != (n, k) or k < 1:
+        raise ValueError(f"sparse teacher ids/logp must be [{n}, k], got {list(teacher.ids.shape)}")
+    if teacher.log_tail.shape != (n,):
+        raise ValueError(
+            f"sparse teacher log_tail must be [{n}], got {list(teacher.log_tail.shape)}"
+        )
+    if k > vocab:
+        raise ValueError(f"sparse teacher has k = {k} ids per row but the vocabulary is {vocab}")
+    for term in terms:
+        if term.kind == "ce":
+            continue
+        why = refusal(term.kind, term.temperature, term.beta, term.alpha, teacher.tail)
+        if why is not None:
+            raise ValueError(f"term {term.name!r}: {why}")
+
+
+def _teacher_blocks(teacher: TeacherSignal | SparseTeacher | None, rows: Tensor, plan: Plan):
+    """A function of (start, end) giving the teacher's part of those selected rows."""
+    if teacher is None:
+        return lambda start, end: None
+    if isinstance(teacher, SparseTeacher):
+        ids, logp = teacher.ids.index_select(0, rows), teacher.logp.index_select(0, rows)
+        tail = teacher.log_tail.index_select(0, rows)
+        return lambda start, end: SparseTarget(
+            ids[start:end], logp[start:end], tail[start:end], teacher.tail
+        )
+    ht = teacher.hidden.detach().index_select(0, rows)
+    t_w, t_b = teacher.head.weight.detach(), teacher.head.bias
+    t_b = t_b.detach() if t_b is not None else None
+
+    def dense(start: int, end: int) -> Tensor:
+        raw = project(ht[start:end], t_w, t_b, plan.vocab_size)
+        return transform(raw, plan.teacher_scale, plan.teacher_cap)
+
+    return dense
+
+
 def distill_loss(
     student_hidden: Tensor,
     student_head: Head,
-    teacher: TeacherSignal | None,
+    teacher: TeacherSignal | SparseTeacher | None,
     labels: Tensor | None,
     mask: Tensor,
     terms: list[ActiveTerm],
@@ -174,14 +218,15 @@ def distill_loss(
         student_hidden, student_head, teacher, labels, mask, terms, vocab_size, engine, chunk_size
     )
     has_teacher = teacher is not None
+    sparse = isinstance(teacher, SparseTeacher)
     stat_names = ("tokens", "student_entropy")
     if has_teacher:
         stat_names += ("fkl", "agree", "teacher_entropy")
     if labels is not None:
         stat_names += ("student_nll",)
-        if has_teacher:
+        if has_teacher and not sparse:
             stat_names += ("teacher_nll",)
-    t_head = teacher.head if teacher is not None else None
+    t_head = teacher.head if isinstance(teacher, TeacherSignal) else None
     plan = Plan(
         terms=tuple(terms),
         vocab_size=vocab_size,
@@ -195,23 +240,26 @@ def distill_loss(
     # Only selected rows are ever projected.
     rows = mask.nonzero(as_tuple=True)[0]
     hs = student_hidden.index_select(0, rows)
-    ht = teacher.hidden.detach().index_select(0, rows) if teacher is not None else None
     y = labels.index_select(0, rows) if labels is not None else None
     s_w, s_b = student_head.weight, student_head.bias
-    t_w = t_head.weight.detach() if t_head is not None else None
-    t_b = t_head.bias.detach() if t_head is not None and t_head.bias is not None else None
+    teacher_block = _teacher_blocks(teacher, rows, plan)
 
     # The trainer runs under autocast; the loss math must stay float32 regardless.
     with torch.autocast(device_type=hs.device.type, enabled=False):
         if engine == "naive":
-            sums, stat_vec = _naive(plan, hs, s_w, s_b, ht, t_w, t_b, y)
+            zs = transform(project(hs, s_w, s_b, vocab_size), plan.student_scale, plan.student_cap)
+            with torch.no_grad():
+                zt = teacher_block(0, hs.shape[0])
+            sums, stat_vec = block_sums(plan, zs, zt, y)
             total = weighted_total(terms, sums)
         else:
             want_grad = torch.is_grad_enabled() and any(
                 x is not None and x.requires_grad for x in (hs, s_w, s_b)
             )
+            # The kernel takes dense teachers; cached (sparse) ones go through torch's rows.
+            rows_fn = _rows_fn("torch" if sparse else engine)
             total, sums, stat_vec = FusedLinearDistill.apply(
-                hs, s_w, s_b, ht, t_w, t_b, y, plan, _rows_fn(engine), chunk_size, want_grad
+                hs, s_w, s_b, teacher_block, y, plan, rows_fn, chunk_size, want_grad
             )
 
     loss = total / normalizer
@@ -219,23 +267,3 @@ def distill_loss(
     term_values = {t.name: detached[k] / normalizer for k, t in enumerate(terms)}
     stats = {name: stat_vec[k].detach() for k, name in enumerate(stat_names)}
     return LossOutput(loss=loss, terms=term_values, stats=stats)
-
-
-def _naive(
-    plan: Plan,
-    hs: Tensor,
-    s_w: Tensor,
-    s_b: Tensor | None,
-    ht: Tensor | None,
-    t_w: Tensor | None,
-    t_b: Tensor | None,
-    y: Tensor | None,
-) -> tuple[Tensor, Tensor]:
-    """Every selected row at once, differentiated by plain autograd."""
-    zs = transform(project(hs, s_w, s_b, plan.vocab_size), plan.student_scale, plan.student_cap)
-    zt = None
-    if ht is not None:
-        with torch.no_grad():
-            raw = project(ht, t_w, t_b, plan.vocab_size)
-            zt = transform(raw, plan.teacher_scale, plan.teacher_cap)
-    return block_sums(plan, zs, zt, y)

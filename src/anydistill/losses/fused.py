@@ -24,7 +24,10 @@ from anydistill.losses.chunk_math import (
     transform_backward,
     weighted_total,
 )
+from anydistill.losses.sparse import SparseTarget
 
+# The teacher's part of rows [start, end): dense logits, a sparse target, or None (ce only).
+TeacherBlocks = Callable[[int, int], "Tensor | SparseTarget | None"]
 RowsFn = Callable[
     [Plan, Tensor, "Tensor | None", "Tensor | None", bool],
     tuple[Tensor, Tensor, "Tensor | None"],
@@ -48,9 +51,7 @@ class FusedLinearDistill(torch.autograd.Function):
         hs: Tensor,
         s_w: Tensor,
         s_b: Tensor | None,
-        ht: Tensor | None,
-        t_w: Tensor | None,
-        t_b: Tensor | None,
+        teacher_block: TeacherBlocks,
         labels: Tensor | None,
         plan: Plan,
         rows_fn: RowsFn,
@@ -72,11 +73,7 @@ class FusedLinearDistill(torch.autograd.Function):
             h = hs[start:end]
             raw = project(h, s_w, s_b, v)
             zs = transform(raw, plan.student_scale, plan.student_cap)
-            zt = None
-            if ht is not None:
-                zt = transform(
-                    project(ht[start:end], t_w, t_b, v), plan.teacher_scale, plan.teacher_cap
-                )
+            zt = teacher_block(start, end)
             y = labels[start:end] if labels is not None else None
             del raw
             block, block_stats, grad = rows_fn(plan, zs, zt, y, want_grad)
@@ -101,7 +98,7 @@ class FusedLinearDistill(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_total: Tensor, _g_sums: Tensor, _g_stats: Tensor):
-        nones = (None,) * 8
+        nones = (None,) * 6
         if not ctx.want_grad:
             return (None, None, None, *nones)
         d_hs, d_w, d_b = ctx.grads
