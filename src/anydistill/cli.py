@@ -65,6 +65,34 @@ def train(
     typer.echo(f"run directory: {run_dir}")
 
 
+@app.command()
+def cache(
+    config: Annotated[Path, typer.Argument(help="YAML recipe (its teacher and data are used)")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides")] = None,
+    out: Annotated[Path, typer.Option(help="cache directory to write (or finish)")] = Path(
+        "teacher-cache"
+    ),
+    k: Annotated[int, typer.Option(help="top-k token ids kept per position")] = 32,
+    value_bits: Annotated[int, typer.Option(help="bits per log-prob: 8, 12, 16 or 32")] = 12,
+    samples_per_shard: Annotated[int, typer.Option(min=1)] = 256,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+) -> None:
+    """Run the teacher once over the training data and store its top-k for later runs."""
+    _quiet_libraries()
+    from anydistill.cache.writer import CacheSettings, write_cache
+    from anydistill.config import load_config
+
+    settings = CacheSettings(
+        k=k, value_bits=value_bits, samples_per_shard=samples_per_shard, batch_size=batch_size
+    )
+    try:
+        cfg = load_config(config, overrides or [])
+        manifest = write_cache(cfg, out, settings)
+    except AnydistillError as err:
+        _fail(str(err))
+    typer.echo(f"teacher cache: {manifest.parent}")
+
+
 @app.command("eval")
 def eval_cmd(
     run_dir: Annotated[Path, typer.Argument(help="a run directory made by `anydistill train`")],

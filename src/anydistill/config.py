@@ -43,8 +43,12 @@ class FromTeacher(Strict):
 
 class ModelConfig(Strict):
     """Where a model comes from: exactly one of `path` (hub id or local dir), `init`
-    (a transformers config dict, random weights) or, for the student, `from_teacher`."""
+    (a transformers config dict, random weights) or, for the student, `from_teacher`.
+    A teacher with `kind: cache` is an offline cache directory (`path`) instead of a model;
+    `tail` says how its top-k is completed (see anydistill.losses.sparse)."""
 
+    kind: Literal["model", "cache"] = "model"
+    tail: Literal["bucket", "renorm"] = "bucket"
     path: str | None = None
     init: dict[str, Any] | None = None
     from_teacher: FromTeacher | None = None
@@ -57,6 +61,11 @@ class ModelConfig(Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
+        if self.kind == "cache" and (self.path is None or self.init or self.from_teacher):
+            raise ValueError(
+                "a `kind: cache` teacher needs `path` (the directory `anydistill cache` wrote) "
+                "and nothing else"
+            )
         given = [k for k in ("path", "init", "from_teacher") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(
@@ -159,7 +168,7 @@ class EvalConfig(Strict):
     every: int = Field(0, ge=0)
     max_batches: int = Field(20, ge=1)
     batch_size: int = Field(8, ge=1)
-    teacher: bool = True
+    teacher: bool | None = None  # None: score the teacher too when it is a live model
 
 
 class OutputConfig(Strict):
@@ -191,6 +200,16 @@ class RunConfig(Strict):
             and (self.teacher.init is None)
         ):
             raise ValueError("student.from_teacher needs a teacher with `path` or `init`")
+        if self.teacher.kind == "cache" and self.student.from_teacher is not None:
+            raise ValueError("student.from_teacher needs teacher weights, not a teacher cache")
+        if self.teacher.kind == "cache" and self.eval.teacher:
+            raise ValueError(
+                "eval.teacher scores a live teacher; set it to false with a cached teacher"
+            )
+        if self.eval.teacher is None:
+            self.eval.teacher = self.teacher.kind == "model"
+        if self.student.kind == "cache":
+            raise ValueError("student.kind: only the teacher can be a cache")
         if self.train.stop_at_step and self.train.stop_at_step > self.train.max_steps:
             raise ValueError("train.stop_at_step must not exceed train.max_steps")
         if self.train.warmup_steps >= self.train.max_steps and self.train.warmup_steps > 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class RunParts:
     tokenizer: PreTrainedTokenizerBase
-    teacher: PreTrainedModel | None
+    teacher: PreTrainedModel | Any | None  # a model, or a CachedTeacher
     student: torch.nn.Module
     data: TokenizedData
     vocab_size: int
@@ -47,8 +48,16 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _teacher_tokenizer(cfg: RunConfig, run_dir: Path, train_ds, mode_hint: str):
+def teacher_tokenizer(cfg: RunConfig, run_dir: Path, train_ds, mode_hint: str):
     spec = cfg.teacher.tokenizer
+    if cfg.teacher.kind == "cache":  # the cache keeps the tokenizer it was built with
+        cached = Path(cfg.teacher.path or "").expanduser() / "tokenizer"
+        if not cached.is_dir():
+            raise ConfigError(
+                f"teacher.path: {cfg.teacher.path} is not a cache directory (no tokenizer/); "
+                "build one with `anydistill cache`"
+            )
+        return load_tokenizer(str(cached), field="teacher.path")
     saved = run_dir / "tokenizer"
     if isinstance(spec, TokenizerTrain):
         if saved.is_dir():  # resume: reuse the exact tokenizer the run started with
@@ -113,9 +122,9 @@ def _check_student_tokenizer(mc: ModelConfig, teacher_tok: PreTrainedTokenizerBa
     check_same_tokenizer(teacher_tok, student_tok)
 
 
-def build_parts(cfg: RunConfig, run_dir: Path, device: torch.device) -> RunParts:
-    seed = cfg.train.seed
-    train_ds, eval_ds = load_raw(cfg.data, seed)
+def raw_data_and_tokenizer(cfg: RunConfig, run_dir: Path):
+    """(train_ds, eval_ds, tokenizer): the data as loaded and the run's (teacher) tokenizer."""
+    train_ds, eval_ds = load_raw(cfg.data, cfg.train.seed)
     from anydistill.data.tokenize import detect_mode
 
     d = cfg.data
@@ -127,13 +136,33 @@ def build_parts(cfg: RunConfig, run_dir: Path, device: torch.device) -> RunParts
         d.completion_column,
         d.messages_column,
     )
-    tokenizer = _teacher_tokenizer(cfg, run_dir, train_ds, mode)
+    return train_ds, eval_ds, teacher_tokenizer(cfg, run_dir, train_ds, mode)
+
+
+def tokenized(cfg: RunConfig, train_ds, eval_ds, tokenizer) -> TokenizedData:
+    data = tokenize_data(train_ds, eval_ds, tokenizer, cfg.data)
+    if data.dropped:
+        log.warning(
+            "data: dropped %d sequences with no target tokens within data.seq_len", data.dropped
+        )
+    if not data.train:
+        raise DataError("data: no training sequences left after tokenization; check data.seq_len")
+    return data
+
+
+def build_parts(cfg: RunConfig, run_dir: Path, device: torch.device) -> RunParts:
+    seed = cfg.train.seed
+    train_ds, eval_ds, tokenizer = raw_data_and_tokenizer(cfg, run_dir)
     vocab = real_vocab_size(tokenizer)
 
     needs_teacher = any(t.kind != "ce" for t in cfg.objective.terms) or cfg.eval.teacher
     needs_teacher = needs_teacher or cfg.student.from_teacher is not None
     teacher = None
-    if needs_teacher:
+    if needs_teacher and cfg.teacher.kind == "cache":
+        from anydistill.cache.reader import CachedTeacher
+
+        teacher = CachedTeacher(cfg.teacher.path or "", cfg.teacher.tail)
+    elif needs_teacher:
         teacher = load_model(cfg.teacher, "teacher", vocab, device, frozen=True, seed=seed + 1)
         freeze(teacher)
 
@@ -148,7 +177,7 @@ def build_parts(cfg: RunConfig, run_dir: Path, device: torch.device) -> RunParts
     student.train()
 
     for name, model in (("student", student), ("teacher", teacher)):
-        limit = max_positions(model) if model is not None else None
+        limit = max_positions(model) if isinstance(model, torch.nn.Module) else None
         if limit is not None and cfg.data.seq_len > limit:
             raise ConfigError(
                 f"data.seq_len is {cfg.data.seq_len} but the {name} handles at most {limit} "
@@ -164,11 +193,10 @@ def build_parts(cfg: RunConfig, run_dir: Path, device: torch.device) -> RunParts
         if hasattr(student, "enable_input_require_grads"):
             student.enable_input_require_grads()
 
-    data = tokenize_data(train_ds, eval_ds, tokenizer, cfg.data)
-    if data.dropped:
-        log.warning(
-            "data: dropped %d sequences with no target tokens within data.seq_len", data.dropped
-        )
-    if not data.train:
-        raise DataError("data: no training sequences left after tokenization; check data.seq_len")
+    data = tokenized(cfg, train_ds, eval_ds, tokenizer)
+    if teacher is not None and not isinstance(teacher, torch.nn.Module):
+        from anydistill.cache.keys import example_key
+
+        keys = [example_key(ex) for ex in data.train]
+        teacher.cache.check_compatible(tokenizer, cfg.data.seq_len, keys)
     return RunParts(tokenizer, teacher, student, data, vocab)

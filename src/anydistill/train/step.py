@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from accelerate import Accelerator
 
-from anydistill.losses.engine import LossOutput, TeacherSignal, distill_loss
+from anydistill.losses.engine import LossOutput, SparseTeacher, TeacherSignal, distill_loss
 from anydistill.models.heads import HiddenStates, output_head
 
 
@@ -33,9 +34,14 @@ def step_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> StepInp
     return StepInputs(ids, mask, select, ids[:, 1:][select])
 
 
-def teacher_signal(teacher: torch.nn.Module | None, inputs: StepInputs) -> TeacherSignal | None:
+def teacher_signal(
+    teacher: torch.nn.Module | Any | None, inputs: StepInputs
+) -> TeacherSignal | SparseTeacher | None:
+    """Online: the teacher's hidden states and head; cached: its top-k rows for this batch."""
     if teacher is None:
         return None
+    if not isinstance(teacher, torch.nn.Module):  # a CachedTeacher
+        return teacher.signal(inputs.input_ids, inputs.attention_mask, inputs.select)
     with torch.no_grad():
         hidden = HiddenStates(teacher)(inputs.input_ids, inputs.attention_mask)
     return TeacherSignal(hidden=hidden[:, :-1][inputs.select], head=output_head(teacher))

@@ -1,0 +1,127 @@
+"""Read a teacher cache during training: look rows up by content key, refuse what does not fit.
+
+Shards are memory-mapped and checksummed the first time this process touches them, so a
+corrupted shard is refused (with the command that rewrites it), never used. Each rank reads
+only the rows of its own samples.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from anydistill.cache.codec import Codec
+from anydistill.cache.keys import batch_keys, tokenizer_hash
+from anydistill.cache.manifest import FORMAT, file_sha256, read_manifest
+from anydistill.errors import ConfigError, DataError
+from anydistill.losses.sparse import SparseTeacher
+
+
+class TeacherCache:
+    """A complete cache directory written by `anydistill cache`."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        manifest = read_manifest(self.root)
+        if manifest is None:
+            raise ConfigError(
+                f"teacher.path: {self.root} has no manifest.json; build it with `anydistill cache`"
+            )
+        if manifest.get("format") != FORMAT:
+            raise ConfigError(
+                f"teacher.path: {self.root} has cache format "
+                f"{manifest.get('format')}, this version reads {FORMAT}"
+            )
+        if not manifest.get("complete"):
+            raise ConfigError(
+                f"teacher.path: the cache in {self.root} is incomplete; rerun `anydistill cache` "
+                "with the same config to finish it"
+            )
+        self.manifest = manifest
+        self.codec = Codec(
+            manifest["k"], manifest["vocab_size"], manifest["value_bits"], manifest["max_gap"]
+        )
+        self._where: dict[str, tuple[int, int, int]] = {}
+        for entry in manifest["shards"]:
+            keys = json.loads((self.root / entry["keys_file"]).read_text())
+            offsets = np.concatenate([[0], np.cumsum(keys["rows"])]).tolist()
+            for j, key in enumerate(keys["keys"]):
+                self._where[key] = (entry["index"], offsets[j], keys["rows"][j])
+        self._shards: dict[int, np.ndarray] = {}
+
+    def check_compatible(
+        self, tokenizer: PreTrainedTokenizerBase, seq_len: int, keys: list[str]
+    ) -> None:
+        """Refuse a cache made for another tokenizer, sequence length or dataset."""
+        m = self.manifest
+        if m["tokenizer_hash"] != tokenizer_hash(tokenizer):
+            raise ConfigError(
+                f"teacher.path: the cache in {self.root} was built with a different tokenizer; "
+                "rebuild it with this run's tokenizer"
+            )
+        if m["seq_len"] != seq_len:
+            raise ConfigError(
+                f"teacher.path: the cache was built with data.seq_len {m['seq_len']}, this run "
+                f"uses {seq_len}; use the same seq_len or rebuild the cache"
+            )
+        missing = sum(1 for k in keys if k not in self._where)
+        if missing:
+            raise ConfigError(
+                f"teacher.path: {missing} of {len(keys)} training sequences are not in the cache "
+                f"in {self.root} (it was built for a different dataset); rebuild it for this data"
+            )
+
+    def _shard(self, index: int) -> np.ndarray:
+        if index not in self._shards:
+            entry = self.manifest["shards"][index]
+            rows, keys = self.root / entry["rows_file"], self.root / entry["keys_file"]
+            if file_sha256(rows, keys) != entry["sha256"]:
+                raise DataError(
+                    f"teacher.path: {rows.name} in {self.root} fails its checksum; rerun "
+                    "`anydistill cache` with the same config to rewrite it"
+                )
+            data = np.memmap(rows, dtype=np.uint8, mode="r") if rows.stat().st_size else None
+            width = self.codec.row_bytes
+            self._shards[index] = (
+                data.reshape(-1, width) if data is not None else np.zeros((0, width), np.uint8)
+            )
+        return self._shards[index]
+
+    def rows(self, keys: list[str], counts: list[int]) -> np.ndarray:
+        parts = []
+        for key, count in zip(keys, counts, strict=True):
+            if key not in self._where:
+                raise DataError("teacher cache: a batch sequence is not in the cache")
+            shard, start, n = self._where[key]
+            if n != count:
+                raise DataError(f"teacher cache: a sequence has {n} cached rows, {count} targets")
+            parts.append(self._shard(shard)[start : start + n])
+        return np.concatenate(parts) if parts else np.zeros((0, self.codec.row_bytes), np.uint8)
+
+    def signal(
+        self,
+        input_ids: torch.Tensor,
+        attention: torch.Tensor,
+        select: torch.Tensor,
+        tail: str,
+    ) -> SparseTeacher:
+        """The sparse teacher for a batch's selected rows, in the loss engine's row order."""
+        keys = batch_keys(input_ids, attention, select)
+        ids, logp, log_tail = self.codec.decode(self.rows(keys, select.sum(dim=1).tolist()))
+        device = input_ids.device
+        return SparseTeacher(ids.to(device), logp.to(device), log_tail.to(device), tail)
+
+
+class CachedTeacher:
+    """What the trainer holds instead of a teacher model: a cache and its tail mode."""
+
+    def __init__(self, root: Path | str, tail: str) -> None:
+        self.cache = TeacherCache(root)
+        self.tail = tail
+
+    def signal(self, input_ids, attention, select) -> SparseTeacher:
+        return self.cache.signal(input_ids, attention, select, self.tail)
