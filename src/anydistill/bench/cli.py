@@ -133,3 +133,76 @@ def loss_cmd(
         typer.echo(json.dumps(records, indent=1))
     else:
         print_loss_table(records)
+
+
+@bench_app.command("step")
+def step_cmd(
+    teacher: Annotated[str, typer.Option(help="preset name or config.json path")],
+    student: Annotated[str, typer.Option(help="preset name or config.json path")],
+    batch: Annotated[int, typer.Option(min=1, help="sequences per step")] = 8,
+    seq_len: Annotated[int, typer.Option(min=2, help="tokens per sequence")] = 2048,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    dtype: Annotated[
+        str, typer.Option(help="bf16 (teacher weights + autocast) or fp32; default by device")
+    ] = "",
+    engine: Annotated[
+        str, typer.Option(help="our loss engine: torch, triton, naive; default triton on CUDA")
+    ] = "",
+    divergence: Annotated[str, typer.Option(help="fkl, rkl, jsd (beta 0.5), ...")] = "jsd",
+    chunk_size: Annotated[
+        int | None, typer.Option(min=1, help="rows per logits block (default: by vocabulary)")
+    ] = None,
+    steps: Annotated[int, typer.Option(min=1, help="timed steps")] = 5,
+    warmup: Annotated[int, typer.Option(min=0, help="untimed steps first")] = 2,
+    compare: Annotated[str, typer.Option(help="also time these losses, e.g. trl,liger")] = "",
+    gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing")] = False,
+    peak_tflops: Annotated[
+        float | None, typer.Option(help="for MFU; default 989 (H100/H200 bf16) on CUDA")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON list of records")] = False,
+    out: Annotated[Path | None, typer.Option(help="also write records + machine here")] = None,
+) -> None:
+    """Time full distillation steps: teacher forward, student forward/backward, loss, AdamW."""
+    from anydistill.bench.presets import resolve_model
+    from anydistill.bench.step import H100_BF16_TFLOPS, StepSettings, bench_step, print_step_table
+    from anydistill.errors import AnydistillError
+
+    try:
+        teacher_spec = resolve_model(teacher, "--teacher")
+        student_spec = resolve_model(student, "--student")
+    except ValueError as err:
+        _fail(str(err))
+    dev = _device(device)
+    cuda = dev.type == "cuda"
+    settings = StepSettings(
+        batch=batch,
+        seq_len=seq_len,
+        steps=steps,
+        warmup=warmup,
+        divergence=divergence,
+        engine=engine or ("triton" if cuda else "torch"),
+        chunk_size=chunk_size,
+        dtype=dtype or ("bf16" if cuda else "fp32"),
+        gradient_checkpointing=gradient_checkpointing,
+        peak_tflops=peak_tflops if peak_tflops is not None or not cuda else H100_BF16_TFLOPS,
+    )
+    variants = ["anydistill", *(v.strip() for v in compare.split(",") if v.strip())]
+
+    def progress(record: dict) -> None:
+        if not as_json:
+            state = record.get("error") or f"{record['step_ms']:.1f} ms/step"
+            typer.echo(f"  {record['variant']}: {state}", err=True)
+
+    try:
+        records = bench_step(teacher_spec, student_spec, settings, dev, variants, progress)
+    except (ValueError, AnydistillError) as err:
+        _fail(str(err))
+    if out is not None:
+        from dataclasses import asdict
+
+        extra = {"teacher_config": teacher_spec.config, "student_config": student_spec.config}
+        _save(out, "step", dev, {**asdict(settings), "variants": variants, **extra}, records)
+    if as_json:
+        typer.echo(json.dumps(records, indent=1))
+    else:
+        print_step_table(records)
