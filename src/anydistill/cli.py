@@ -7,8 +7,6 @@ stderr and exit with status 2; bugs still show a traceback.
 from __future__ import annotations
 
 import json
-import logging
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -17,6 +15,7 @@ import typer
 
 from anydistill.bench.cli import bench_app
 from anydistill.errors import AnydistillError
+from anydistill.quiet import quiet_libraries as _quiet_libraries
 
 app = typer.Typer(
     add_completion=False,
@@ -31,20 +30,6 @@ app.add_typer(bench_app, name="bench")
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
-
-
-def _quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for name in ("transformers", "datasets", "accelerate"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()  # our own bar is the one to watch
-    except ImportError:
-        pass
 
 
 @app.command()

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from anydistill.quiet import quiet_libraries
+
 bench_app = typer.Typer(
     no_args_is_help=True, help="Measure speed, memory and error of anydistill's parts."
 )
@@ -163,6 +165,7 @@ def step_cmd(
     out: Annotated[Path | None, typer.Option(help="also write records + machine here")] = None,
 ) -> None:
     """Time full distillation steps: teacher forward, student forward/backward, loss, AdamW."""
+    quiet_libraries()
     from anydistill.bench.presets import resolve_model
     from anydistill.bench.step import H100_BF16_TFLOPS, StepSettings, bench_step, print_step_table
     from anydistill.errors import AnydistillError
@@ -206,3 +209,55 @@ def step_cmd(
         typer.echo(json.dumps(records, indent=1))
     else:
         print_step_table(records)
+
+
+@bench_app.command("cache")
+def cache_cmd(
+    teacher: Annotated[
+        Path | None, typer.Option(help="teacher model dir (default: the fast demo's teacher)")
+    ] = None,
+    k: Annotated[list[int] | None, typer.Option(help="repeatable; default 8, 32, 128")] = None,
+    value_bits: Annotated[int, typer.Option(help="8, 12, 16 or 32")] = 12,
+    samples: Annotated[int, typer.Option(min=8)] = 600,
+    steps: Annotated[int, typer.Option(min=1, help="training steps per throughput run")] = 20,
+    student_hidden: Annotated[int, typer.Option(min=8)] = 48,
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON list of records")] = False,
+    out: Annotated[Path | None, typer.Option(help="also write records + machine here")] = None,
+) -> None:
+    """Bytes/token, held-out KL and write/training speed of the teacher cache, per k."""
+    quiet_libraries()
+    import tempfile
+
+    import torch
+
+    from anydistill.bench.cache_bench import bench_cache
+    from anydistill.errors import AnydistillError
+
+    if teacher is not None and not (teacher / "config.json").is_file():
+        _fail(f"--teacher {teacher} is not a model directory (no config.json)")
+    ks = list(k or [8, 32, 128])
+    try:
+        with tempfile.TemporaryDirectory(prefix="anydistill-bench-cache-") as work:
+            records = bench_cache(
+                teacher, ks, Path(work), value_bits, samples, steps, student_hidden=student_hidden
+            )
+    except AnydistillError as err:
+        _fail(str(err))
+    if out is not None:
+        settings = {
+            "value_bits": value_bits,
+            "samples": samples,
+            "steps": steps,
+            "student_hidden": student_hidden,
+            "teacher": str(teacher or "demo-fast"),
+        }
+        _save(out, "cache", torch.device("cpu"), settings, records)
+    if as_json:
+        typer.echo(json.dumps(records, indent=1))
+        return
+    for r in records:
+        typer.echo(
+            f"k={r['k']}: {r['bytes_per_token']} B/token, KL {r['kl_nats']:.4f} nats, "
+            f"write {r['write_tokens_per_s']:.0f} tok/s, train {r['train_tokens_per_s_cache']:.0f}"
+            f" tok/s from cache vs {r['train_tokens_per_s_online']:.0f} online"
+        )

@@ -1,0 +1,20 @@
+"""Keep third-party logging and progress bars out of our output (ours is the one to read)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+
+def quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("transformers", "datasets", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()  # our own bar is the one to watch
+    except ImportError:
+        pass
