@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,15 @@ from anydistill.eval.answers import (
     normalize_expression,
     normalize_number,
 )
+
+try:
+    import sympy  # noqa: F401  (torch depends on it; expression checks need it)
+
+    HAVE_SYMPY = True
+except ImportError:  # pragma: no cover - the normalizer alone still runs
+    HAVE_SYMPY = False
+
+needs_sympy = pytest.mark.skipif(not HAVE_SYMPY, reason="sympy is not installed")
 
 # (generated solution, reference answer): extract_answer(solution) must match the reference.
 EXTRACTION_TABLE = [
@@ -94,6 +104,8 @@ def test_extract_none_and_edge_cases() -> None:
         ("\\$5", "5"),
         ("007", "7"),
         ("\u22124", "-4"),
+        ("1e-5", "0.00001"),
+        ("1.5e3", "1500"),
     ],
 )
 def test_normalize_number(raw: str, expected: str) -> None:
@@ -114,7 +126,7 @@ def test_answers_match_numeric_and_string() -> None:
     assert not answers_match("8", "9")
     assert not answers_match(None, "9")
     assert not answers_match("", "9")
-    assert answers_match("\\dfrac{\\sqrt{3}}{2}", "\\frac{\\sqrt3}{2}") is False  # not equal LaTeX
+    assert answers_match("\\dfrac{\\sqrt{3}}{2}", "\\frac{\\sqrt3}{2}")  # \\sqrt3 = \\sqrt{3}
     assert answers_match("\\dfrac{\\sqrt{3}}{2}", "\\frac{\\sqrt{3}}{2}")
     assert answers_match("\\text{Evelyn}", "Evelyn")
     assert answers_match("90^\\circ", "90")
@@ -165,3 +177,303 @@ def test_gsm8k_reference_solutions_recover_their_answers() -> None:
                 assert normalize_number(reference) == str(int(reference.replace(",", "")))
                 count += 1
     assert count > 1000
+
+
+# Real-format generations and the exact string `extract_answer` must return for each.
+EXTRACT_EXACT = [
+    ("Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 eggs.\n#### 18", "18"),
+    ("So he pays 1000 + 234 = $1,234.\n#### 1,234", "1,234"),
+    ("#### -7\n", "-7"),
+    ("The rate is 0.25 per hour.\n#### 0.25", "0.25"),
+    ("Half of it: $\\boxed{\\frac{1}{2}}$.", "\\frac{1}{2}"),
+    (
+        "Nested: $\\boxed{\\frac{\\sqrt{3}}{\\left(2\\right)}}$",
+        "\\frac{\\sqrt{3}}{\\left(2\\right)}",
+    ),
+    ("Both $\\boxed{2}$ and finally $\\boxed{\\{1, 2\\}}$.", "\\{1, 2\\}"),
+    ("Final: \\boxed{\\$18.90}", "\\$18.90"),
+    ("Thus \\boxed{5\\text{ cm}}.", "5\\text{ cm}"),
+    ("Thus $\\boxed 7$.", "7"),
+    ("The answer is $5$.", "5"),
+    ("The answer is -3.", "-3"),
+    ("The answer is 3.75.", "3.75"),
+    ("The answer is $x = 5$, since x > 0.", "x = 5"),
+    ("the answer is 50\\%", "50\\%"),
+    ("The answer is $\\$32,\\!348$.", "\\$32,\\!348"),
+    ("**Answer:** $\\frac{1}{2}$", "\\frac{1}{2}"),
+    ("Final Answer: The final answer is $\\dfrac{3}{4}$. I hope it is correct.", "\\dfrac{3}{4}"),
+    ("Let us find the answer: first 3 then 4.", "4"),  # "answer:" mid-line is not a label
+    ("The total cost is $1,250.75", "1,250.75"),
+    ("She saves 12.5%.", "12.5"),
+    ("It fell to \u2212 4 and then to -4.", "-4"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), EXTRACT_EXACT)
+def test_extract_exact_strings(text: str, expected: str) -> None:
+    assert extract_answer(text) == expected
+
+
+# (prediction, reference) pairs that must match (checked in both directions).
+MATCHES = [
+    ("1,234", "1234"),
+    ("\\$1,234.50", "1234.5"),
+    ("18 dollars", "\\$18.00"),
+    ("-0.5", "-\\frac{1}{2}"),
+    ("\\dfrac{3}{4}", "0.75"),
+    ("\\frac 34", "3/4"),
+    ("\\frac9{19}", "\\frac{9}{19}"),
+    ("\\tfrac{1}{2}", "\\frac12"),
+    ("137 \\frac{1}{2}", "275/2"),
+    ("1\\frac{4}{5}", "1.8"),
+    ("50\\%", "50"),
+    ("12.5%", "12.5"),
+    ("30^\\circ", "30"),
+    ("106^{\\circ}", "106"),
+    ("\\frac{270}7\\text{ degrees}", "\\frac{270}{7}"),
+    ("5.4 \\text{ cents}", "5.4"),
+    ("15\\mbox{ cm}^2", "15"),
+    ("864 \\mbox{ inches}^2", "864"),
+    ("11,\\! 111,\\! 111,\\! 100", "11111111100"),
+    ("10,\\!080", "10080"),
+    ("x = 5", "5"),
+    ("x=5", "x = 5"),
+    ("x \\in [-2,7]", "[-2, 7]"),
+    ("\\sqrt3", "\\sqrt{3}"),
+    ("11\\sqrt2", "11\\sqrt{2}"),
+    ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})"),
+    ("\\left(\\frac{3}{5},\\frac{8}{3}\\right]", "(3/5, 8/3]"),
+    ("(-\\infty, 2) \\cup (3, \\infty)", "(3,\\infty)\\cup(-\\infty,2)"),
+    ("3, 5, 7", "7, 5, 3"),
+    ("-2,1", "1, -2"),
+    ("\\{1\\pm\\sqrt{5},-2\\}", "-2, 1+\\sqrt5, 1-\\sqrt5"),
+    ("1 \\pm \\sqrt{19}", "1-\\sqrt{19}, 1+\\sqrt{19}"),
+    (
+        "\\begin{pmatrix} -1 & 0 \\\\ 0 & -1 \\end{pmatrix}",
+        "\\begin{bmatrix}-1&0\\\\0&-1\\end{bmatrix}",
+    ),
+    (
+        "\\begin{pmatrix} -1/3 \\\\ 2/3 \\\\ 5/3 \\end{pmatrix}",
+        "\\begin{pmatrix}-\\frac13\\\\\\frac23\\\\\\frac53\\end{pmatrix}",
+    ),
+    ("\\begin{pmatrix} 1/5 \\\\ -18/5 \\end{pmatrix}", "\\left(\\frac15, -\\frac{18}{5}\\right)"),
+    ("4210_{5}", "4210_5"),
+    ("1011_2", "1011"),
+    ("\\text{(B)}", "B"),
+    ("\\text{Evelyn}", "evelyn"),
+    ("\\text{east}", "East"),
+    ("\\$32,\\!348", "32348"),
+    (".0000672", "0.0000672"),
+    ("1e-5", "0.00001"),
+    ("6.72E+3", "6720"),
+    ("0.6666666", "\\frac{2}{3}"),  # a decimal matches what it truncates or rounds
+    ("1000.5", "1000.5001"),
+]
+
+# Equal as expressions rather than as strings: these need sympy.
+SYMBOLIC_MATCHES = [
+    ("\\frac{\\sqrt{3}}{3}", "\\frac{1}{\\sqrt{3}}"),
+    ("(a+5)(b+2)", "ab+2a+5b+10"),
+    ("\\frac{11+9a}{20}", "\\frac{9a+11}{20}"),
+    ("2k+2", "2(k+1)"),
+    ("x^3+3x-6", "-6+3x+x^3"),
+    ("y = 2x + 3", "2x+3"),
+    ("-2 + 7i", "7i-2"),
+    ("p - q", "-q+p"),
+    ("2\\sqrt{5}", "\\sqrt{20}"),
+    ("\\frac{20000}{\\pi}", "20000/\\pi"),
+    ("\\left[ \\frac{\\pi^2}{8}, \\frac{5 \\pi^2}{4} \\right]", "[\\pi^2/8, 5\\pi^2/4]"),
+    ("\\cot x", "\\frac{\\cos x}{\\sin x}"),
+    ("5x - 7y + 11z + 4 = 0", "-5x+7y-11z-4=0"),
+    ("6.72\\times 10^{-5}", ".0000672"),
+    ("\\sqrt[3]{8}", "2"),
+    ("e^{i\\pi}", "-1"),
+    ("\\binom{5}{2}", "10"),
+    ("5!", "120"),
+    ("\\sin^2 x + \\cos^2 x", "1"),
+    ("0.5773503", "\\frac{\\sqrt{3}}{3}"),  # decimals approximate (relative 1e-6)
+]
+
+
+@needs_sympy
+def test_exact_expressions_are_compared_exactly() -> None:
+    assert not answers_match("10^{10}+1", "10^{10}")
+    assert not answers_match("2^{30}", "1073741825")
+    assert answers_match("2^{30}", "1073741824")
+    assert not answers_match("0.577", "\\frac{\\sqrt{3}}{3}")
+
+
+# Pairs that must NOT match (either direction).
+MISMATCHES = [
+    ("(3,4]", "(3,4)"),
+    ("(-\\infty, 0]", "(-\\infty,0)"),
+    ("(15,-29)", "(-29,15)"),  # a tuple is ordered
+    ("(1,2)", "[1,2]"),
+    ("\\{1,2\\}", "(1,2)"),
+    ("3, 5, 7", "3, 5"),
+    ("1 \\pm \\sqrt{19}", "1+\\sqrt{19}"),  # both roots are needed
+    ("\\frac{\\sqrt{3}}{3}", "\\sqrt{3}"),
+    ("-2 + 7i", "-2-7i"),
+    ("5x - 7y + 11z + 4 = 0", "5x-7y+11z-4=0"),
+    ("\\text{even}", "\\text{odd}"),
+    ("(B)", "(C)"),
+    ("4210_{5}", "4210_6"),
+    ("1011_2", "11"),  # the digits are the answer, not the decimal value
+    (
+        "\\begin{pmatrix} -1 & 0 \\\\ 0 & -1 \\end{pmatrix}",
+        "\\begin{pmatrix} -1 & 0 \\\\ 0 & 1 \\end{pmatrix}",
+    ),
+    ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix} 1 & 2 \\end{pmatrix}"),
+    ("x=5", "y=5"),
+    ("2x", "2"),
+    ("x_2", "x"),
+    ("0.33", "1/3"),
+    ("\\pi", "3.14"),
+    ("10", "100"),
+    ("1,2", "12"),
+    ("200, 1", "1,200"),  # "1,200" is a number, not a list
+    ("\\sqrt{2}", "2"),
+    ("x+1", "x-1"),
+    ("\\frac{1}{2}", "2"),
+    ("(a+5)(b+2)", "(a+2)(b+5)"),
+    ("even", "neve"),  # words are not products of letters
+    ("-1", "1"),
+    ("i", "-i"),
+    ("\\infty", "-\\infty"),
+    ("-5", "5\\%"),
+    ("", "0"),
+    ("1450001", "1,450,000"),  # large integers are exact, not within a relative 1e-6
+    ("0.6667", "\\frac{2}{3}"),  # too coarse to stand for 2/3
+    ("1000.5", "1001"),
+]
+
+
+@pytest.mark.parametrize(("pred", "ref"), MATCHES)
+def test_answers_match_table(pred: str, ref: str) -> None:
+    assert answers_match(pred, ref), (pred, ref)
+    assert answers_match(ref, pred), (ref, pred)
+
+
+@needs_sympy
+@pytest.mark.parametrize(("pred", "ref"), SYMBOLIC_MATCHES)
+def test_answers_match_symbolic(pred: str, ref: str) -> None:
+    assert answers_match(pred, ref), (pred, ref)
+    assert answers_match(ref, pred), (ref, pred)
+
+
+@pytest.mark.parametrize(("pred", "ref"), MISMATCHES)
+def test_answers_mismatch_table(pred: str, ref: str) -> None:
+    assert not answers_match(pred, ref), (pred, ref)
+    assert not answers_match(ref, pred), (ref, pred)
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "9^{9^{9^{9}}}",
+        "(10^{10^{10}})!",
+        "\\text{__import__('os').system('true')}",
+        "\\text{exit()}",
+        "x." + "real",
+        "{" * 300 + "}" * 300,
+        "2" * 5000,
+        "(" * 600 + "1" + ",1)" * 600,
+        "1\\pm" * 40 + "1",
+        "\\sqrt{" * 400 + "2" + "}" * 400,
+    ],
+)
+def test_hostile_predictions_are_fast_and_false(hostile: str) -> None:
+    """Predictions come from a model: nothing in them may run, stall or crash the scorer."""
+    start = time.perf_counter()
+    assert not answers_match(hostile, "1")
+    assert time.perf_counter() - start < 5
+
+
+def test_long_lists_match_in_any_order_quickly() -> None:
+    items = [f"x^{{{i}}}+{i}" for i in range(80)]
+    start = time.perf_counter()
+    assert answers_match(", ".join(items), ", ".join(reversed(items)))
+    assert not answers_match(", ".join(items), ", ".join(items[:-1] + ["0"]))
+    assert time.perf_counter() - start < 5
+
+
+def _math500() -> list[dict]:
+    path = _shared_data() / "math500" / "test.jsonl"
+    if not path.is_file():
+        pytest.skip(f"MATH-500 data not found at {path} (set ANYDISTILL_SHARED_DATA)")
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def test_math500_reference_solutions_recover_their_answers() -> None:
+    records = _math500()
+    failures = [
+        (r["unique_id"], extract_answer(r["solution"]), r["answer"])
+        for r in records
+        if not answers_match(extract_answer(r["solution"]), r["answer"])
+    ]
+    assert len(records) == 500
+    assert len(failures) <= len(records) // 100, failures  # >= 99% (all 500 today)
+
+
+def test_math500_answers_match_their_respellings() -> None:
+    """Each reference answer, written the ways a model writes it, still matches."""
+    for record in _math500():
+        answer = record["answer"]
+        spellings = [
+            f"${answer}$",
+            extract_answer(f"So the final answer is $\\boxed{{{answer}}}$."),
+            extract_answer(f"Thus the answer is ${answer}$.\n"),
+            extract_answer(f"**Answer:** ${answer}$"),
+            answer.replace("\\frac", "\\dfrac"),
+            answer.replace(",", ", ").replace("+", " + "),
+        ]
+        if "\\begin" not in answer and "\\cot" not in answer:
+            spellings.append(answer.replace(" ", ""))
+        for spelling in spellings:
+            assert answers_match(spelling, answer), (record["unique_id"], spelling, answer)
+
+
+# Distinct MATH-500 answers that are genuinely the same value.
+_MATH500_EQUIVALENT = {
+    frozenset(pair)
+    for pair in [
+        ("-2,1", "1,-2"),
+        ("10,\\!080", "10080"),
+        ("120", "120^\\circ"),
+        ("15", "15\\mbox{ cm}^2"),
+        ("2 \\sqrt{5}", "2\\sqrt{5}"),
+        ("30", "30^\\circ"),
+        ("36", "36^\\circ"),
+        ("36", "\\$36"),
+        ("36^\\circ", "\\$36"),
+        ("40", "40_9"),
+        ("5", "x=5"),
+        ("90", "90^\\circ"),
+        ("\\frac14", "\\frac{1}{4}"),
+    ]
+}
+
+
+def test_math500_distinct_answers_do_not_match() -> None:
+    """False-positive guard: each answer against its sorted neighbours (similar strings)."""
+    answers = sorted({r["answer"] for r in _math500()})
+    for i, a in enumerate(answers):
+        for b in answers[i + 1 : i + 6]:
+            expected = frozenset((a, b)) in _MATH500_EQUIVALENT
+            assert answers_match(a, b) == expected, (a, b)
+            assert answers_match(b, a) == expected, (b, a)
+
+
+def test_svamp_equations_recover_their_answers() -> None:
+    path = _shared_data() / "svamp" / "SVAMP.json"
+    if not path.is_file():
+        pytest.skip(f"SVAMP data not found at {path} (set ANYDISTILL_SHARED_DATA)")
+    records = json.loads(path.read_text(encoding="utf-8"))
+    assert len(records) == 1000
+    for record in records:
+        answer = record["Answer"]
+        solution = f"{record['Equation'].strip()} = {answer}"  # the record's worked solution
+        assert answers_match(extract_answer(solution), str(answer)), record["ID"]
+        plain = int(answer) if answer == int(answer) else answer  # 51.0 -> 51
+        assert answers_match(extract_answer(f"So the answer is {plain}."), str(answer))
