@@ -83,13 +83,32 @@ def eval_cmd(
     run_dir: Annotated[Path, typer.Argument(help="a run directory made by `anydistill train`")],
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     max_batches: Annotated[int | None, typer.Option(help="limit eval batches")] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(help="task file/folder (GSM8K, SVAMP, MATH-500, HumanEval, jsonl) to score"),
+    ] = None,
+    max_records: Annotated[int | None, typer.Option(help="score the first N task records")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
+    lm_eval: Annotated[
+        str | None, typer.Option("--lm-eval", help="lm-eval harness tasks, comma separated")
+    ] = None,
+    lm_eval_limit: Annotated[int | None, typer.Option(help="examples per lm-eval task")] = None,
 ) -> None:
-    """Held-out ce, perplexity, bits/byte, teacher KL and agreement of a run's final student."""
+    """Held-out ce, perplexity, bits/byte, teacher KL and agreement of a run's final student;
+    task scores with --task, standard benchmarks with --lm-eval."""
     _quiet_libraries()
     from anydistill.eval.run import evaluate_run
 
     try:
-        result = evaluate_run(run_dir, max_batches=max_batches)
+        result = evaluate_run(
+            run_dir,
+            max_batches=max_batches,
+            task=task,
+            max_records=max_records,
+            max_new_tokens=max_new_tokens,
+            lm_eval=lm_eval,
+            lm_eval_limit=lm_eval_limit,
+        )
     except AnydistillError as err:
         _fail(str(err))
     if as_json:

@@ -18,9 +18,17 @@ from anydistill.train.setup import load_model, pick_device
 
 
 def evaluate_run(
-    run_dir: Path, max_batches: int | None = None, accuracy_examples: int = 0
+    run_dir: Path,
+    max_batches: int | None = None,
+    accuracy_examples: int = 0,
+    task: str | None = None,
+    max_records: int | None = None,
+    max_new_tokens: int = 256,
+    lm_eval: str | None = None,
+    lm_eval_limit: int | None = None,
 ) -> dict[str, float]:
-    """Metrics of `run_dir/final` against the run's eval split; accuracy when answers exist."""
+    """Metrics of `run_dir/final` against the run's eval split; accuracy when answers exist;
+    the score on a task file (`task`) and lm-eval harness tasks (`lm_eval`) when asked."""
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise ConfigError(
@@ -68,4 +76,13 @@ def evaluate_run(
         result["student/accuracy"] = exact_match_accuracy(student, tokenizer, records)
         if teacher is not None:
             result["teacher/accuracy"] = exact_match_accuracy(teacher, tokenizer, records)
+    if task is not None:
+        from anydistill.eval.task_eval import task_scores
+
+        models = {"student": student} | ({"teacher": teacher} if teacher is not None else {})
+        result.update(task_scores(models, tokenizer, task, max_records, max_new_tokens))
+    if lm_eval is not None:
+        from anydistill.eval.task_eval import lm_eval_scores
+
+        result.update(lm_eval_scores(final, lm_eval, lm_eval_limit, str(device)))
     return result
