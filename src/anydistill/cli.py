@@ -166,6 +166,9 @@ def speculate(
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    save: Annotated[
+        bool, typer.Option("--save", help="write speculate.json into the drafter's run dir")
+    ] = False,
 ) -> None:
     """Speculative decoding with lossless verification: acceptance, tokens/call, speedup."""
     _quiet_libraries()
@@ -184,6 +187,10 @@ def speculate(
             seed=seed,
             device=device,
         )
+        if save:
+            from anydistill.eval.speculate_cmd import save_speculation
+
+            save_speculation(drafter, target, result)
     except AnydistillError as err:
         _fail(str(err))
     if as_json:

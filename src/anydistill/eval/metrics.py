@@ -12,7 +12,8 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from anydistill.data import collate, eval_batches
-from anydistill.losses.engine import distill_loss
+from anydistill.eval.frequency import agreement_by_frequency, row_argmax
+from anydistill.losses.engine import TeacherSignal, distill_loss
 from anydistill.losses.objective import Objective, TermSpec
 from anydistill.models.heads import HiddenStates, output_head
 from anydistill.train.step import step_inputs, teacher_signal
@@ -58,6 +59,7 @@ def evaluate(
     was_training = student.training
     student.eval()
     sums: dict[str, float] = {}
+    agree_rows, targets = [], []
     for batch in batches:
         inputs = step_inputs(collate(batch, pad_id), device)
         signal = teacher_signal(teacher, inputs)
@@ -77,6 +79,10 @@ def evaluate(
         )
         for k, v in out.stats.items():
             sums[k] = sums.get(k, 0.0) + float(v)
+        if isinstance(signal, TeacherSignal):
+            s_top = row_argmax(rows, output_head(student), vocab_size)
+            agree_rows.append(s_top == row_argmax(signal.hidden, signal.head, vocab_size))
+            targets.append(inputs.labels)
     student.train(was_training)
     nbytes = target_bytes(used, tokenizer)
     tokens = sums["tokens"]
@@ -86,6 +92,8 @@ def evaluate(
         result.update({f"teacher/{k}": v for k, v in teacher_part.items()})
         result["kl_teacher_student"] = sums["fkl"] / tokens
         result["top1_agreement"] = sums["agree"] / tokens
+        if agree_rows:
+            result.update(agreement_by_frequency(torch.cat(agree_rows), torch.cat(targets)))
     result["eval_tokens"] = tokens
     result["eval_bytes"] = float(nbytes)
     return result

@@ -68,3 +68,17 @@ def run_speculate(
         eos_token_id=tokenizer.eos_token_id,
         vocab_size=real_vocab_size(tokenizer),
     )
+
+
+def save_speculation(drafter: str, target: str, result: dict[str, Any]) -> Path:
+    """Keep the result in the drafter's run directory, where `anydistill report` finds it."""
+    import json
+
+    run = Path(drafter).expanduser()
+    if not (run / "config.yaml").is_file():
+        raise ModelError(f"--save: {drafter} is not a run directory (no config.yaml)")
+    out = run / "speculate.json"
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({**result, "target": target}, indent=1) + "\n")
+    tmp.replace(out)
+    return out

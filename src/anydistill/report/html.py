@@ -17,6 +17,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from anydistill.report.bars import acceptance_plot, agreement_by_frequency_plot, read_speculation
 from anydistill.report.plots import draw_plots, find_metrics, numeric, read_metrics
 
 __all__ = ["write_report"]
@@ -169,6 +170,11 @@ def write_report(run_dir: Path) -> Path:
     name = run_dir.resolve().name
 
     results, source = _final_eval(run_dir, evals)
+    flat_results = _flatten(results)
+    spec = read_speculation(run_dir)
+    extra = [agreement_by_frequency_plot(flat_results, run_dir)]
+    extra.append(acceptance_plot(spec, run_dir) if spec else None)
+    plots += [p for p in extra if p is not None]
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -184,6 +190,25 @@ def write_report(run_dir: Path) -> Path:
         parts += [f'<p class="sub">From {escape(source)}.</p>', _eval_table(results)]
     else:
         parts.append("<p>No evaluation results yet.</p>")
+
+    if spec:
+        parts.append("<h2>Speculative decoding (this run as the drafter)</h2>")
+        keys = (
+            "acceptance_rate",
+            "mean_accepted",
+            "speedup",
+            "greedy_identical",
+            "gamma",
+            "temperature",
+            "prompts",
+            "target",
+        )
+        rows = "".join(
+            f"<tr><td>{escape(k)}</td><td>{escape(_fmt(spec[k]))}</td></tr>"
+            for k in keys
+            if k in spec
+        )
+        parts.append(f"<table><tbody>{rows}</tbody></table>")
 
     parts.append("<h2>Last training metrics</h2>")
     parts.append(_train_table(train[-1]) if train else "<p>No training metrics yet.</p>")
