@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from anydistill.align.cli import align_cmd
 from anydistill.bench.cli import bench_app
 from anydistill.errors import AnydistillError
 from anydistill.quiet import quiet_libraries as _quiet_libraries
@@ -25,6 +26,7 @@ app = typer.Typer(
 )
 
 app.add_typer(bench_app, name="bench")
+app.command("align")(align_cmd)
 
 
 def _fail(message: str) -> None:
