@@ -10,6 +10,9 @@ import pytest
 import yaml
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny models on a few shared cores: one thread per process avoids the oversubscription that
+# makes small ops ~10x slower; it is inherited by the CLI subprocesses the tests start.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # Without a GPU, Triton kernels run in Triton's interpreter; it must be chosen before the

@@ -1,6 +1,6 @@
 """The YAML schema of a run, `key=value` overrides, and one-sentence errors.
 
-Sections: teacher, student, data, objective, train, eval, output. Components never see these
+Sections: teacher, student, data, source, objective, train, eval, output. Components never see these
 pydantic models; the CLI and the trainer translate them into plain arguments.
 """
 
@@ -15,7 +15,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from anydistill.errors import ConfigError
 
 DIVERGENCE_KINDS = ("fkl", "rkl", "jsd", "tvd", "skl", "srkl", "taid")
-TERM_KINDS = (*DIVERGENCE_KINDS, "ce")
+TERM_KINDS = (*DIVERGENCE_KINDS, "contrastive", "ce")
+SOURCE_KINDS = (
+    "dataset",
+    "teacher_generated",
+    "student_generated",
+    "mixture",
+    "adaptive_replay",
+    "paired",
+)
 
 
 class Strict(BaseModel):
@@ -107,7 +115,7 @@ class DataConfig(Strict):
 
 
 class TermConfig(Strict):
-    kind: Literal["fkl", "rkl", "jsd", "tvd", "skl", "srkl", "taid", "ce"]
+    kind: Literal["fkl", "rkl", "jsd", "tvd", "skl", "srkl", "taid", "contrastive", "ce"]
     name: str | None = None
     weight: float = Field(1.0, ge=0.0)
     temperature: float = Field(1.0, gt=0.0)
@@ -136,6 +144,54 @@ class ObjectiveConfig(Strict):
         if dupes:
             raise ValueError(f"term names must be unique; give `name:` to repeated {dupes}")
         return self
+
+
+class GenerationConfig(Strict):
+    """How generated completions are sampled (temperature 0 is greedy)."""
+
+    backend: Literal["hf", "vllm"] = "hf"
+    temperature: float = Field(1.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(32, ge=1)  # prompts per generate call
+
+
+class ReplayConfig(Strict):
+    """DistiLLM's adaptive off-policy schedule (see anydistill.sources.replay)."""
+
+    buffer_size: int = Field(1000, ge=1)
+    init_prob: float = Field(0.0, ge=0.0, le=1.0)
+    prob_step: float = Field(0.1, gt=0.0, le=1.0)
+    max_prob: float = Field(1.0, ge=0.0, le=1.0)
+    tolerance: float = Field(0.0, ge=0.0)
+    monitor: str = "student/ce"
+
+
+class SourceConfig(Strict):
+    """Where the training sequences come from (anydistill.sources)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    kind: Literal[
+        "dataset", "teacher_generated", "student_generated", "mixture", "adaptive_replay", "paired"
+    ] = "dataset"
+    mode: Literal["upfront", "on_the_fly"] = "upfront"
+    lambda_: float = Field(0.5, ge=0.0, le=1.0, alias="lambda")
+    off_policy: Literal["dataset", "teacher"] = "dataset"
+    store: str | None = None  # where upfront generations are kept (default RUN_DIR/generated)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    replay: ReplayConfig = Field(default_factory=ReplayConfig)
+
+    def teacher_generates(self) -> bool:
+        """True when the teacher samples completions (seq-KD, or the off-policy side)."""
+        if self.kind == "teacher_generated":
+            return True
+        return self.kind in ("mixture", "adaptive_replay", "paired") and (
+            self.off_policy == "teacher"
+        )
+
+    def generates(self) -> bool:
+        return self.kind != "dataset"
 
 
 class TrainConfig(Strict):
@@ -183,6 +239,7 @@ class RunConfig(Strict):
     teacher: ModelConfig
     student: ModelConfig
     data: DataConfig
+    source: SourceConfig = Field(default_factory=SourceConfig)
     objective: ObjectiveConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -214,12 +271,44 @@ class RunConfig(Strict):
             raise ValueError("train.stop_at_step must not exceed train.max_steps")
         if self.train.warmup_steps >= self.train.max_steps and self.train.warmup_steps > 0:
             raise ValueError("train.warmup_steps must be smaller than train.max_steps")
+        self._check_source()
         if isinstance(self.student.tokenizer, TokenizerTrain):
             raise ValueError(
                 "student.tokenizer: only the teacher's tokenizer can be trained; "
                 "the student shares it"
             )
         return self
+
+    def _check_source(self) -> None:
+        src = self.source
+        contrastive = any(t.kind == "contrastive" for t in self.objective.terms)
+        if contrastive and src.kind != "paired":
+            raise ValueError(
+                "source.kind: a `contrastive` objective term needs paired teacher/student "
+                "responses; set source.kind=paired"
+            )
+        if src.kind == "paired" and not contrastive:
+            raise ValueError(
+                "source.kind: `paired` feeds the `contrastive` objective term; add one to "
+                "objective.terms or choose another source"
+            )
+        if src.generates() and self.teacher.kind == "cache":
+            raise ValueError(
+                f"source.kind: `{src.kind}` makes new sequences that a teacher cache does not "
+                "cover; use a teacher model (teacher.path or teacher.init)"
+            )
+        if src.generates() and self.data.mode == "text":
+            raise ValueError(
+                f"source.kind: `{src.kind}` needs prompts, but data.mode is text; give "
+                "prompt/completion or messages data"
+            )
+        if src.kind == "adaptive_replay" and self.eval.every == 0:
+            raise ValueError(
+                "eval.every: source.kind adaptive_replay raises its probability at evaluations; "
+                "set eval.every > 0"
+            )
+        if src.kind == "adaptive_replay" and src.replay.init_prob > src.replay.max_prob:
+            raise ValueError("source.replay.init_prob must not exceed source.replay.max_prob")
 
 
 def _format_location(loc: tuple[Any, ...]) -> str:
@@ -303,4 +392,4 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
 
 
 def dump_config(cfg: RunConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    return yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False)

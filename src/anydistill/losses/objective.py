@@ -9,31 +9,37 @@ for a divergence term with temperature T, both student and teacher logits are di
 before log-softmax and the per-token divergence is multiplied by T**2, so its gradient scale
 stays comparable across temperatures. `ce` is hard-label cross-entropy on the student's
 logits at T = 1 (labels equal to -100 are ignored).
+
+`contrastive` (Ko et al. 2025, "DistiLLM-2: A Contrastive Approach Boosts the Distillation of
+LLMs") is not a divergence of its own: on a batch that pairs a teacher response and a student
+response per prompt it is skew KL on the teacher-response tokens plus skew reverse KL on the
+student-response tokens (both with the term's `alpha`). `split_contrastive` turns it into the
+two engine-ready term lists; the trainer's step runs the engine once per half.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from anydistill.losses.divergences import DIVERGENCES
 from anydistill.losses.schedules import WeightSchedule
 from anydistill.losses.taid import TaidSchedule
 
-TERM_KINDS = (*DIVERGENCES, "ce")
+TERM_KINDS = (*DIVERGENCES, "contrastive", "ce")
 
 
 @dataclass
 class TermSpec:
     """One term of the objective, as written in the recipe."""
 
-    kind: str  # fkl|rkl|jsd|tvd|skl|srkl|taid|ce
+    kind: str  # fkl|rkl|jsd|tvd|skl|srkl|taid|contrastive|ce
     name: str | None = None  # default: kind; must be unique within an objective
     weight: float = 1.0
     temperature: float = 1.0  # must stay 1.0 for ce
     beta: float = 0.5  # jsd
-    alpha: float = 0.1  # skl / srkl
+    alpha: float = 0.1  # skl / srkl / contrastive
     schedule: dict[str, Any] | None = None  # WeightSchedule kwargs; multiplies `weight`
     taid: dict[str, Any] | None = None  # TaidSchedule kwargs except total_steps
 
@@ -166,3 +172,19 @@ class Objective:
             )
         for name, schedule in self._taid.items():
             schedule.load_state_dict(saved[name])
+
+
+def split_contrastive(
+    terms: list[ActiveTerm],
+) -> tuple[list[ActiveTerm], list[ActiveTerm]] | None:
+    """(terms for teacher-response rows, terms for student-response rows), or None when no
+    term is `contrastive`. Each contrastive term keeps its name: skew KL on the teacher side,
+    skew reverse KL on the student side; every other term appears unchanged in both lists, so
+    it covers all rows."""
+    if not any(t.kind == "contrastive" for t in terms):
+        return None
+
+    def side(kind: str) -> list[ActiveTerm]:
+        return [replace(t, kind=kind) if t.kind == "contrastive" else t for t in terms]
+
+    return side("skl"), side("srkl")

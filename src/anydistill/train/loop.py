@@ -1,7 +1,11 @@
 """The training loop on accelerate: read it top to bottom.
 
-setup -> (resume) -> for each step: batches -> train_step -> optimizer -> log / eval / save
--> final eval, final/ student, report.
+setup -> source -> (resume) -> for each step: source batches -> train_step -> optimizer ->
+log / eval / save -> final eval, final/ student, report.
+
+The source (anydistill.sources) decides where each micro-batch's sequences come from: the
+dataset, or completions sampled from the teacher or the current student. Time it spends
+generating is logged as `gen_s`, apart from the training step's own time.
 """
 
 from __future__ import annotations
@@ -15,15 +19,16 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, gather_object, set_seed
 
 from anydistill.config import RunConfig, dump_config
-from anydistill.data import BatchStream, collate
 from anydistill.errors import AnydistillError, ConfigError, TrainingError
 from anydistill.eval.metrics import evaluate
 from anydistill.losses.objective import Objective, TermSpec
 from anydistill.models.heads import HiddenStates, unwrap
+from anydistill.models.loading import freeze
 from anydistill.models.lora import merged_for_saving
+from anydistill.sources import Source, SourceParts, build_source
 from anydistill.train.checkpoint import (
     list_checkpoints,
     load_checkpoint,
@@ -33,8 +38,12 @@ from anydistill.train.checkpoint import (
 from anydistill.train.loggers import MetricsLog, truncate_after
 from anydistill.train.optim import build_optimizer, build_scheduler
 from anydistill.train.progress import StepProgress
-from anydistill.train.setup import RunParts, build_parts, pick_device
+from anydistill.train.setup import RunParts, build_parts, load_model, pick_device
 from anydistill.train.step import train_step
+
+# What a run leaves before its first checkpoint; a rerun continues from it (e.g. finishes
+# the teacher's upfront generations) instead of refusing the directory.
+_RESTARTABLE = {"config.yaml", "tokenizer", "generated"}
 
 
 def prepare_run_dir(cfg: RunConfig, accelerator: Accelerator) -> tuple[Path, bool]:
@@ -43,7 +52,9 @@ def prepare_run_dir(cfg: RunConfig, accelerator: Accelerator) -> tuple[Path, boo
     has_ckpt = bool(list_checkpoints(run_dir / "checkpoints"))
     fresh = not (has_ckpt and cfg.output.resume) or cfg.output.overwrite
     if accelerator.is_main_process:
-        if fresh and run_dir.exists() and any(run_dir.iterdir()):
+        found = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
+        restart = cfg.output.resume and not cfg.output.overwrite and found <= _RESTARTABLE
+        if fresh and found and not restart:
             if not cfg.output.overwrite:
                 why = "output.resume is off" if has_ckpt else "no checkpoint to resume"
                 raise ConfigError(
@@ -77,6 +88,64 @@ def _save_final(run_dir: Path, parts: RunParts) -> None:
     os.replace(tmp, final)
 
 
+def _build_source(cfg: RunConfig, parts: RunParts, run_dir: Path, acc: Accelerator) -> Source:
+    """The run's source; the teacher is loaded here when only generation needs it."""
+    teacher = parts.teacher
+    if cfg.source.teacher_generates() and teacher is None:
+        seed = cfg.train.seed + 1  # the seed build_parts gives the teacher
+        teacher = freeze(
+            load_model(cfg.teacher, "teacher", parts.vocab_size, acc.device, True, seed)
+        )
+    if cfg.source.kind == "adaptive_replay" and not parts.data.eval:
+        raise ConfigError(
+            "source.kind: adaptive_replay watches the held-out loss, but there is no eval data; "
+            "set data.eval_fraction > 0 or data.eval_path"
+        )
+    source_parts = SourceParts(
+        cfg,
+        parts.tokenizer,
+        unwrap(parts.student),
+        teacher,
+        parts.data.train,
+        run_dir,
+        rank=acc.process_index,
+        world_size=acc.num_processes,
+        progress=cfg.train.progress and acc.is_main_process,
+    )
+    with acc.main_process_first():  # rank 0 writes upfront generations, the others read them
+        return build_source(source_parts, parts.data.mode)
+
+
+def _source_state(source: Source, acc: Accelerator) -> dict:
+    """{"source": [state of rank 0, rank 1, ...]}, or {} for sources without state."""
+    local = source.state_dict()
+    if not local:
+        return {}
+    return {"source": gather_object([local]) if acc.num_processes > 1 else [local]}
+
+
+def _restore_source(source: Source, state: dict, acc: Accelerator) -> None:
+    saved = state.get("source")
+    if not source.state_dict():
+        return
+    if not saved or len(saved) != acc.num_processes:
+        raise ConfigError(
+            f"source.kind: the checkpoint holds {len(saved or [])} rank states of a "
+            f"`{source.kind}` source but the run has {acc.num_processes} processes; resume "
+            "with the same source and number of processes"
+        )
+    source.load_state_dict(saved[acc.process_index])
+
+
+def _shared(value: dict, acc: Accelerator) -> dict:
+    """Rank 0's value on every rank (eval metrics only exist on rank 0)."""
+    if acc.num_processes == 1:
+        return value
+    box = [value]
+    broadcast_object_list(box)
+    return box[0]
+
+
 def train(cfg: RunConfig) -> Path:
     """Run (or resume) one distillation; returns the run directory."""
     device = pick_device(cfg.train.device)
@@ -87,6 +156,7 @@ def train(cfg: RunConfig) -> Path:
     try:
         with accelerator.main_process_first():  # rank 0 trains/saves a tokenizer first
             parts = build_parts(cfg, run_dir, accelerator.device)
+        source = _build_source(cfg, parts, run_dir, accelerator)
     except AnydistillError:
         if fresh and accelerator.is_main_process:
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing half-written
@@ -98,13 +168,7 @@ def train(cfg: RunConfig) -> Path:
     scheduler = build_scheduler(
         optimizer, t.warmup_steps, t.max_steps, t.lr_schedule, t.min_lr_ratio
     )
-    stream = BatchStream(
-        parts.data.train,
-        t.micro_batch_size,
-        t.seed,
-        rank=accelerator.process_index,
-        world_size=accelerator.num_processes,
-    )
+    stream = source.stream
     step = 0
     checkpoints = list_checkpoints(run_dir / "checkpoints")
     if checkpoints and not fresh:
@@ -113,6 +177,7 @@ def train(cfg: RunConfig) -> Path:
         scheduler.load_state_dict(trainer_state["scheduler"])
         set_rng_state(trainer_state["rng"])
         stream.load_state_dict(state["data"])
+        _restore_source(source, state, accelerator)
         objective.load_state_dict(state["objective"])
         step = state["step"]
         if accelerator.is_main_process:
@@ -135,6 +200,15 @@ def train(cfg: RunConfig) -> Path:
         if accelerator.is_main_process
         else None
     )
+    if log is not None and source.upfront_s > 0:
+        log.write(
+            {
+                "kind": "generate",
+                "step": step,
+                "gen_s": source.upfront_s,
+                "sequences": len(stream.examples),
+            }
+        )
 
     def run_eval(at: int) -> dict[str, float]:
         result = evaluate(
@@ -155,10 +229,12 @@ def train(cfg: RunConfig) -> Path:
 
     progress = StepProgress(t.max_steps, step, enabled=t.progress and accelerator.is_main_process)
     start, tokens_seen = time.perf_counter(), 0
+    generating = cfg.source.kind != "dataset"
+    train_total = train_logged = 0.0
     with progress:
         while step < t.max_steps:
             terms = objective.active_terms(step)
-            batches = [collate(stream.next_batch(), pad_id) for _ in range(t.grad_accum)]
+            batches = source.batches(step, t.grad_accum)
             tick = time.perf_counter()
             result = train_step(
                 accelerator,
@@ -183,9 +259,19 @@ def train(cfg: RunConfig) -> Path:
             step += 1
             tokens_seen += result.tokens
             step_s = time.perf_counter() - tick
-            progress.update(step, result.loss, result.tokens / max(step_s, 1e-9))
+            train_total += step_s
+            progress.update(
+                step,
+                result.loss,
+                result.tokens / max(step_s, 1e-9),
+                gen_s=source.gen_seconds() if generating else None,
+                train_s=train_total,
+            )
             if log is not None and (step % t.log_every == 0 or step == t.max_steps):
                 tokens = max(result.stats.get("tokens", 0.0), 1.0)
+                # generation vs training seconds over the interval since the previous row
+                source_row = {**source.take_metrics(), "train_s": train_total - train_logged}
+                train_logged = train_total
                 log.write(
                     {
                         "kind": "train",
@@ -198,14 +284,16 @@ def train(cfg: RunConfig) -> Path:
                         "tokens": tokens_seen,
                         "tokens_per_s": result.tokens / max(step_s, 1e-9),
                         "elapsed_s": time.perf_counter() - start,
+                        **source_row,
                     }
                 )
             if cfg.eval.every and step % cfg.eval.every == 0 and step < t.max_steps:
-                if accelerator.is_main_process:
-                    run_eval(step)
+                result_eval = run_eval(step) if accelerator.is_main_process else {}
                 accelerator.wait_for_everyone()
+                source.observe_eval(_shared(result_eval, accelerator))
             stop_here = t.stop_at_step == step
             if (t.save_every and step % t.save_every == 0) or stop_here:
+                extra = _source_state(source, accelerator)
                 if accelerator.is_main_process:
                     save_checkpoint(
                         run_dir / "checkpoints",
@@ -213,7 +301,11 @@ def train(cfg: RunConfig) -> Path:
                         unwrap(model),
                         optimizer,
                         scheduler,
-                        {"data": stream.state_dict(), "objective": objective.state_dict()},
+                        {
+                            "data": stream.state_dict(),
+                            "objective": objective.state_dict(),
+                            **extra,
+                        },
                         keep=t.keep_checkpoints,
                     )
                 accelerator.wait_for_everyone()

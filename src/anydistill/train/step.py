@@ -2,6 +2,9 @@
 
 Reduction is by the number of loss tokens in the whole step (all micro-batches, all ranks),
 so gradient accumulation and DDP give the same gradient as one big batch.
+
+A paired batch (source `paired`) carries `teacher_rows` [B] bool; with a `contrastive` term the
+engine then runs twice over the same hidden states, once per half (see `split_contrastive`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import torch
 from accelerate import Accelerator
 
 from anydistill.losses.engine import LossOutput, SparseTeacher, TeacherSignal, distill_loss
+from anydistill.losses.objective import split_contrastive
 from anydistill.models.heads import HiddenStates, output_head
 
 
@@ -25,13 +29,18 @@ class StepInputs:
     attention_mask: torch.Tensor
     select: torch.Tensor  # [B, T-1] bool: which positions predict a target token
     labels: torch.Tensor  # [N] the target tokens of the selected positions
+    teacher_rows: torch.Tensor | None = None  # [N] bool: token is in a teacher response
 
 
 def step_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> StepInputs:
     ids = batch["input_ids"].to(device)
     mask = batch["attention_mask"].to(device)
     select = batch["loss_mask"][:, 1:].to(device)
-    return StepInputs(ids, mask, select, ids[:, 1:][select])
+    flags = batch.get("teacher_rows")
+    rows = None
+    if flags is not None:
+        rows = flags.to(device)[:, None].expand_as(select)[select]
+    return StepInputs(ids, mask, select, ids[:, 1:][select], rows)
 
 
 def teacher_signal(
@@ -61,18 +70,44 @@ def micro_batch_loss(
     signal = teacher_signal(teacher, inputs)
     hidden = student(inputs.input_ids, inputs.attention_mask)
     rows = hidden[:, :-1][inputs.select]
-    ones = torch.ones(rows.shape[0], dtype=torch.bool, device=rows.device)
-    return distill_loss(
-        rows,
-        output_head(student),
-        signal,
-        inputs.labels,
-        ones,
-        terms,
-        vocab_size=vocab_size,
-        normalizer=normalizer,
-        engine=engine,
-        chunk_size=chunk_size,
+    halves = split_contrastive(terms)
+    if halves is None:
+        ones = torch.ones(rows.shape[0], dtype=torch.bool, device=rows.device)
+        parts = [(ones, terms)]
+    elif inputs.teacher_rows is None:
+        raise ValueError("a contrastive term needs paired batches (source.kind paired)")
+    else:
+        parts = [(inputs.teacher_rows, halves[0]), (~inputs.teacher_rows, halves[1])]
+    outs = [
+        distill_loss(
+            rows,
+            output_head(student),
+            signal,
+            inputs.labels,
+            mask,
+            part_terms,
+            vocab_size=vocab_size,
+            normalizer=normalizer,
+            engine=engine,
+            chunk_size=chunk_size,
+        )
+        for mask, part_terms in parts
+    ]
+    return outs[0] if len(outs) == 1 else merge_outputs(outs)
+
+
+def merge_outputs(outs: list[LossOutput]) -> LossOutput:
+    """Sum the engine's outputs over disjoint row sets that share one normalizer."""
+
+    def total(key: str, dicts: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        return sum(d[key] for d in dicts if key in d)
+
+    terms = [o.terms for o in outs]
+    stats = [o.stats for o in outs]
+    return LossOutput(
+        loss=sum(o.loss for o in outs),
+        terms={k: total(k, terms) for k in dict.fromkeys(k for d in terms for k in d)},
+        stats={k: total(k, stats) for k in dict.fromkeys(k for d in stats for k in d)},
     )
 
 
