@@ -131,8 +131,17 @@ class TermConfig(Strict):
         return self
 
 
+class TokenSelectionConfig(Strict):
+    """AdaSPEC: keep the `keep` share of tokens where `reference` (a drafter already distilled
+    from the target: run dir, model dir or hub id) beats the drafter most."""
+
+    reference: str
+    keep: float = Field(0.4, gt=0.0, le=1.0)
+
+
 class ObjectiveConfig(Strict):
     terms: list[TermConfig] = Field(min_length=1)
+    token_selection: TokenSelectionConfig | None = None
     engine: Literal["naive", "torch", "triton"] = "torch"
     # Rows per logits block; None sizes blocks by the vocabulary (engine.auto_chunk_size).
     chunk_size: int | None = Field(None, ge=1)
@@ -257,6 +266,10 @@ class RunConfig(Strict):
             and (self.teacher.init is None)
         ):
             raise ValueError("student.from_teacher needs a teacher with `path` or `init`")
+        if self.objective.token_selection is not None and self.teacher.kind == "cache":
+            raise ValueError(
+                "objective.token_selection compares full distributions; it needs a live teacher"
+            )
         if self.teacher.kind == "cache" and self.student.from_teacher is not None:
             raise ValueError("student.from_teacher needs teacher weights, not a teacher cache")
         if self.teacher.kind == "cache" and self.eval.teacher:

@@ -184,6 +184,7 @@ def train(cfg: RunConfig) -> Path:
             truncate_after(run_dir / "metrics.jsonl", step)
     # The teacher runs in the step only when a term needs it (eval may still use it).
     step_teacher = parts.teacher if objective.needs_teacher() else None
+    selector = _token_selector(cfg, parts, accelerator.device)
     model = HiddenStates(parts.student)
     if t.compile:
         model = torch.compile(model)
@@ -248,6 +249,7 @@ def train(cfg: RunConfig) -> Path:
                 cfg.objective.chunk_size,
                 t.max_grad_norm,
                 bf16=t.precision == "bf16",
+                selector=selector,
             )
             if not math.isfinite(result.loss):
                 raise TrainingError(_nan_message(step + 1, result.loss, result.terms))
@@ -326,3 +328,20 @@ def train(cfg: RunConfig) -> Path:
         log.close()
     accelerator.wait_for_everyone()
     return run_dir
+
+
+def _token_selector(cfg: RunConfig, parts, device: torch.device):
+    """AdaSPEC's selector with its frozen reference drafter, when the objective asks for it."""
+    spec = cfg.objective.token_selection
+    if spec is None:
+        return None
+    from anydistill.eval.speculate_cmd import model_dir
+    from anydistill.models.loading import load_pretrained
+    from anydistill.models.tokenizer import check_same_tokenizer, load_tokenizer
+    from anydistill.train.selection import TokenSelector
+
+    path = model_dir(spec.reference)
+    field = "objective.token_selection.reference"
+    check_same_tokenizer(parts.tokenizer, load_tokenizer(path, field=field))
+    reference = freeze(load_pretrained(path, field=field, dtype=torch.float32).to(device))
+    return TokenSelector(reference, spec.keep, parts.vocab_size)

@@ -65,13 +65,26 @@ def micro_batch_loss(
     normalizer: torch.Tensor,
     engine: str,
     chunk_size: int | None,
+    selector: Any | None = None,
 ) -> LossOutput:
-    """`student` is the (possibly DDP-wrapped) HiddenStates module."""
+    """`student` is the (possibly DDP-wrapped) HiddenStates module; `selector` (AdaSPEC's
+    TokenSelector) restricts the loss to the rows it keeps, normalized by the kept share."""
     signal = teacher_signal(teacher, inputs)
     hidden = student(inputs.input_ids, inputs.attention_mask)
     rows = hidden[:, :-1][inputs.select]
     halves = split_contrastive(terms)
-    if halves is None:
+    if halves is None and selector is not None and isinstance(signal, TeacherSignal):
+        keep = selector(
+            rows,
+            output_head(student),
+            inputs.input_ids,
+            inputs.attention_mask,
+            inputs.select,
+            signal,
+        )
+        normalizer = normalizer * selector.keep
+        parts = [(keep, terms)]
+    elif halves is None:
         ones = torch.ones(rows.shape[0], dtype=torch.bool, device=rows.device)
         parts = [(ones, terms)]
     elif inputs.teacher_rows is None:
@@ -140,6 +153,7 @@ def train_step(
     chunk_size: int | None,
     max_grad_norm: float | None,
     bf16: bool = False,
+    selector: Any | None = None,
 ) -> StepResult:
     """Forward/backward over the step's micro-batches; the caller steps the optimizer."""
     normalizer = global_token_count(accelerator, batches)
@@ -155,7 +169,15 @@ def train_step(
         autocast = torch.autocast(accelerator.device.type, torch.bfloat16, enabled=bf16)
         with sync, autocast:
             out = micro_batch_loss(
-                student, teacher, inputs, terms, vocab_size, normalizer, engine, chunk_size
+                student,
+                teacher,
+                inputs,
+                terms,
+                vocab_size,
+                normalizer,
+                engine,
+                chunk_size,
+                selector,
             )
             accelerator.backward(out.loss * scale)
         total += out.loss.detach()
