@@ -95,6 +95,9 @@ def eval_cmd(
         str | None, typer.Option("--lm-eval", help="lm-eval harness tasks, comma separated")
     ] = None,
     lm_eval_limit: Annotated[int | None, typer.Option(help="examples per lm-eval task")] = None,
+    texts: Annotated[
+        str | None, typer.Option(help="text file: bits/byte of each model with its own tokenizer")
+    ] = None,
 ) -> None:
     """Held-out ce, perplexity, bits/byte, teacher KL and agreement of a run's final student;
     task scores with --task, standard benchmarks with --lm-eval."""
@@ -110,6 +113,7 @@ def eval_cmd(
             max_new_tokens=max_new_tokens,
             lm_eval=lm_eval,
             lm_eval_limit=lm_eval_limit,
+            texts=texts,
         )
     except AnydistillError as err:
         _fail(str(err))

@@ -26,6 +26,7 @@ def evaluate_run(
     max_new_tokens: int = 256,
     lm_eval: str | None = None,
     lm_eval_limit: int | None = None,
+    texts: str | None = None,
 ) -> dict[str, float]:
     """Metrics of `run_dir/final` against the run's eval split; accuracy when answers exist;
     the score on a task file (`task`) and lm-eval harness tasks (`lm_eval`) when asked."""
@@ -81,6 +82,14 @@ def evaluate_run(
 
         models = {"student": student} | ({"teacher": teacher} if teacher is not None else {})
         result.update(task_scores(models, tokenizer, task, max_records, max_new_tokens))
+    if texts is not None:
+        from anydistill.eval.text_bpb import load_texts, text_bits_per_byte
+
+        raw = load_texts(texts)
+        for name, model in (("student", student), ("teacher", teacher)):
+            if model is not None:
+                bpb = text_bits_per_byte(model, tokenizer, raw, max_len=cfg.data.seq_len)
+                result[f"{name}/text_bits_per_byte"] = bpb["bits_per_byte"]
     if lm_eval is not None:
         from anydistill.eval.task_eval import lm_eval_scores
 

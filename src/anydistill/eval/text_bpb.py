@@ -1,0 +1,99 @@
+"""Bits per byte of raw text, each model with its own tokenizer: the cross-tokenizer yardstick.
+
+Per-token losses cannot compare models whose tokens differ; the total negative log-likelihood
+of the same text, divided by its UTF-8 bytes, can. Each text is tokenized by the model's own
+tokenizer (bos first when the tokenizer has one, so the first text token is scored too) and
+every text token is scored; the byte count is the text's, identical for every model (without
+a bos the first token is only context and its bytes are left out).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from anydistill.losses.chunk_math import project, transform
+from anydistill.models.heads import HiddenStates, output_head
+
+
+@torch.no_grad()
+def text_bits_per_byte(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    max_len: int = 1024,
+    batch_size: int = 8,
+) -> dict[str, float]:
+    """`bits_per_byte`, total `nll` (nats), `bytes` and `tokens` over `texts`.
+
+    Texts longer than `max_len` tokens are cut at a token boundary; their bytes are counted
+    up to that point (the decoded prefix), so the ratio stays honest.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    nll, nbytes, ntokens = 0.0, 0, 0
+    for start in range(0, len(texts), batch_size):
+        rows = []
+        for text in texts[start : start + batch_size]:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(ids) + len(bos) > max_len:
+                ids = ids[: max_len - len(bos)]
+                text = tokenizer.decode(ids)
+            if not bos and len(ids) < 2:
+                continue
+            rows.append(bos + ids)
+            nbytes += len(text.encode("utf-8"))
+            if not bos:  # the first token is context, not predicted: its bytes do not count
+                nbytes -= len(tokenizer.decode(ids[:1]).encode("utf-8"))
+        if not rows:
+            continue
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        keep = mask[:, 1:].bool()
+        hidden = HiddenStates(model)(ids, mask)[:, :-1][keep]
+        targets = ids[:, 1:][keep]
+        head = output_head(model)
+        vocab = min(len(tokenizer), head.weight.shape[0])
+        for i in range(0, hidden.shape[0], 512):  # never the whole batch's logits at once
+            z = transform(
+                project(hidden[i : i + 512], head.weight, head.bias, vocab),
+                head.logit_scale,
+                head.softcap,
+            )
+            nll -= float(torch.log_softmax(z, -1).gather(1, targets[i : i + 512, None]).sum())
+        ntokens += int(keep.sum())
+    model.train(was_training)
+    return {
+        "bits_per_byte": nll / math.log(2) / max(nbytes, 1),
+        "nll": nll,
+        "bytes": float(nbytes),
+        "tokens": float(ntokens),
+    }
+
+
+def load_texts(path: str, column: str = "text") -> list[str]:
+    """Texts from a .txt file (one per non-empty line) or a record file's `text` column."""
+    from pathlib import Path
+
+    from anydistill.data.loading import load_records
+    from anydistill.errors import DataError
+
+    file = Path(path).expanduser()
+    if not file.exists():
+        raise DataError(f"--texts: {path} does not exist; give a .txt or .jsonl file")
+    if file.suffix == ".txt":
+        return [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    ds = load_records(str(file), field="texts")
+    if column not in ds.column_names:
+        raise DataError(f"--texts: {path} has no `{column}` column; give a .txt or a text column")
+    return [str(t) for t in ds[column]]
