@@ -55,6 +55,7 @@ def write_recipe(tmp_path):
 @pytest.fixture(scope="session")
 def tiny_pair(tmp_path_factory) -> tuple[Path, Path]:
     """Two saved tiny models: the second has a different tokenizer (vocab 320 vs 384)."""
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from anydistill.demo.corpus import arithmetic_problems
@@ -75,6 +76,7 @@ def tiny_pair(tmp_path_factory) -> tuple[Path, Path]:
             intermediate_size=64,
             max_position_embeddings=256,
         )
+        torch.manual_seed(0)  # the same weights whatever ran before this fixture
         model = AutoModelForCausalLM.from_config(config)
         out = root / name
         model.save_pretrained(out)

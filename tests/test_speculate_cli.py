@@ -30,7 +30,9 @@ def test_self_drafting_accepts_everything(tiny_pair, tmp_path):
     report = json.loads(result.output)
     assert KEYS <= set(report)
     assert report["acceptance_rate"] == 1.0 and report["greedy_identical"] is True
-    assert report["mean_accepted"] == 4.0  # gamma accepted + the target's bonus token
+    # Every call yields gamma accepted + the target's bonus token, except a prompt's last call
+    # when eos or the token budget cuts it short.
+    assert 3.0 < report["mean_accepted"] <= 4.0
 
 
 def test_a_different_drafter_is_still_lossless(tiny_pair, tmp_path):
