@@ -193,7 +193,7 @@ def _files(root: Path) -> dict[str, bytes]:
 @pytest.mark.slow
 def test_kill_9_at_random_points_then_resume_is_byte_identical(tmp_path):
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(_recipe(tmp_path, data__synthetic_size=96)))
+    recipe.write_text(yaml.safe_dump(_recipe(tmp_path, data__synthetic_size=160)))
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     subprocess.run(_cache_cmd(recipe, tmp_path / "ref"), check=True, env=env, capture_output=True)
     reference = _files(tmp_path / "ref")
@@ -208,10 +208,15 @@ def test_kill_9_at_random_points_then_resume_is_byte_identical(tmp_path):
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
+        # Wait until this process has listed a new shard, so the kill lands mid-writing.
+        manifest = out / "manifest.json"
+        before = manifest.read_bytes() if manifest.exists() else b""
         deadline = time.monotonic() + 60
-        while not (out / "manifest.json").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 1.5))
+        while time.monotonic() < deadline and proc.poll() is None:
+            if manifest.exists() and manifest.read_bytes() not in (before, b""):
+                break
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.5))  # well inside the ~40 shards still to write
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             kills += 1
