@@ -18,15 +18,15 @@ import torch
 import yaml
 from conftest import tiny_recipe
 
-from anydistill.cache.codec import Codec
-from anydistill.cache.reader import CachedTeacher, TeacherCache
-from anydistill.cache.writer import CacheSettings, write_cache
 from anydistill.config import config_from_dict
 from anydistill.data.collate import collate
 from anydistill.errors import ConfigError, DataError
 from anydistill.losses.engine import distill_loss
 from anydistill.losses.objective import ActiveTerm
 from anydistill.models.heads import HiddenStates, output_head
+from anydistill.teachers.cache.codec import Codec
+from anydistill.teachers.cache.reader import CachedTeacher, TeacherCache
+from anydistill.teachers.cache.writer import CacheSettings, write_cache
 from anydistill.train.setup import build_parts
 from anydistill.train.step import step_inputs, teacher_signal
 

@@ -20,12 +20,12 @@ from typing import Any
 
 import torch
 
-from anydistill.cache.codec import Codec
-from anydistill.cache.writer import CacheSettings, write_cache
 from anydistill.config import config_from_dict
 from anydistill.data.collate import collate
 from anydistill.demo.corpus import split_problems
 from anydistill.models.heads import HiddenStates, output_head
+from anydistill.teachers.cache.codec import Codec
+from anydistill.teachers.cache.writer import CacheSettings, write_cache
 from anydistill.train.setup import build_parts
 from anydistill.train.step import step_inputs
 

@@ -159,7 +159,7 @@ def build_parts(cfg: RunConfig, run_dir: Path, device: torch.device) -> RunParts
     needs_teacher = needs_teacher or cfg.student.from_teacher is not None
     teacher = None
     if needs_teacher and cfg.teacher.kind == "cache":
-        from anydistill.cache.reader import CachedTeacher
+        from anydistill.teachers.cache.reader import CachedTeacher
 
         teacher = CachedTeacher(cfg.teacher.path or "", cfg.teacher.tail)
     elif needs_teacher:
@@ -195,7 +195,7 @@ def build_parts(cfg: RunConfig, run_dir: Path, device: torch.device) -> RunParts
 
     data = tokenized(cfg, train_ds, eval_ds, tokenizer)
     if teacher is not None and not isinstance(teacher, torch.nn.Module):
-        from anydistill.cache.keys import example_key
+        from anydistill.teachers.cache.keys import example_key
 
         keys = [example_key(ex) for ex in data.train]
         teacher.cache.check_compatible(tokenizer, cfg.data.seq_len, keys)

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from anydistill.cache.codec import Codec
-from anydistill.cache.keys import batch_keys, tokenizer_hash
-from anydistill.cache.manifest import FORMAT, file_sha256, read_manifest
 from anydistill.errors import ConfigError, DataError
 from anydistill.losses.sparse import SparseTeacher
+from anydistill.teachers.cache.codec import Codec
+from anydistill.teachers.cache.keys import batch_keys, tokenizer_hash
+from anydistill.teachers.cache.manifest import FORMAT, file_sha256, read_manifest
 
 
 class TeacherCache:

@@ -18,16 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from anydistill.cache.codec import Codec
-from anydistill.cache.keys import dataset_fingerprint, example_key, tokenizer_hash
-from anydistill.cache.manifest import (
-    FORMAT,
-    read_manifest,
-    shard_names,
-    shard_ok,
-    write_atomic,
-    write_manifest,
-)
 from anydistill.config import RunConfig
 from anydistill.data.collate import collate
 from anydistill.errors import ConfigError
@@ -35,6 +25,16 @@ from anydistill.losses.chunk_math import project, transform
 from anydistill.models.heads import HiddenStates, output_head
 from anydistill.models.loading import freeze, max_positions
 from anydistill.models.tokenizer import real_vocab_size
+from anydistill.teachers.cache.codec import Codec
+from anydistill.teachers.cache.keys import dataset_fingerprint, example_key, tokenizer_hash
+from anydistill.teachers.cache.manifest import (
+    FORMAT,
+    read_manifest,
+    shard_names,
+    shard_ok,
+    write_atomic,
+    write_manifest,
+)
 from anydistill.train.setup import load_model, pick_device, raw_data_and_tokenizer, tokenized
 from anydistill.train.step import step_inputs
 
@@ -182,7 +182,7 @@ def _write_shard(out, index, chunk, teacher, codec, vocab, pad, settings, device
     keys = json.dumps({"keys": [k for k, _ in chunk], "rows": counts}).encode()
     write_atomic(out / rows_file, rows.tobytes())
     write_atomic(out / keys_file, keys)
-    from anydistill.cache.manifest import file_sha256
+    from anydistill.teachers.cache.manifest import file_sha256
 
     return {
         "index": index,
