@@ -23,6 +23,7 @@ import torch
 from anydistill.config import config_from_dict
 from anydistill.data.collate import collate
 from anydistill.demo.corpus import split_problems
+from anydistill.losses.chunk_math import head_logits
 from anydistill.models.heads import HiddenStates, output_head
 from anydistill.teachers.cache.codec import Codec
 from anydistill.teachers.cache.writer import CacheSettings, write_cache
@@ -119,8 +120,8 @@ def heldout_kl(recipe: dict, codec: Codec, max_rows: int = 4096) -> tuple[float,
     for start in range(0, len(parts.data.eval), 16):
         inputs = step_inputs(collate(parts.data.eval[start : start + 16], pad), torch.device("cpu"))
         h = HiddenStates(parts.teacher)(inputs.input_ids, inputs.attention_mask)
-        z = h[:, :-1][inputs.select] @ head.weight[:v].T
-        logp = torch.log_softmax(z.double(), dim=-1)
+        # The cache's own projection (bias, logit scale, soft-cap), then float64 for the KL.
+        logp = torch.log_softmax(head_logits(h[:, :-1][inputs.select], head, v).double(), -1)
         top, ids = logp.topk(codec.k, dim=-1)
         tail = torch.logsumexp(logp.scatter(1, ids, float("-inf")), dim=-1)
         got_ids, got_top, got_tail = codec.decode(codec.encode(ids, top.float(), tail.float()))

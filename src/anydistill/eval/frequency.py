@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from anydistill.losses.chunk_math import project, transform
+from anydistill.losses.chunk_math import head_logits
 from anydistill.losses.engine import Head
 
 BUCKETS = ((1, 10), (11, 100), (101, 1000), (1001, None))
@@ -25,8 +25,7 @@ def row_argmax(hidden: Tensor, head: Head, vocab_size: int, chunk: int = 1024) -
     """argmax of the head's logits per row, without building all rows' logits at once."""
     out = []
     for start in range(0, hidden.shape[0], chunk):
-        raw = project(hidden[start : start + chunk], head.weight, head.bias, vocab_size)
-        out.append(transform(raw, head.logit_scale, head.softcap).argmax(dim=-1))
+        out.append(head_logits(hidden[start : start + chunk], head, vocab_size).argmax(dim=-1))
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=hidden.device)
 
 

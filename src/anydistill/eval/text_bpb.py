@@ -14,7 +14,7 @@ import math
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from anydistill.losses.chunk_math import project, transform
+from anydistill.losses.chunk_math import head_logits
 from anydistill.models.heads import HiddenStates, output_head
 
 
@@ -65,11 +65,7 @@ def text_bits_per_byte(
         head = output_head(model)
         vocab = min(len(tokenizer), head.weight.shape[0])
         for i in range(0, hidden.shape[0], 512):  # never the whole batch's logits at once
-            z = transform(
-                project(hidden[i : i + 512], head.weight, head.bias, vocab),
-                head.logit_scale,
-                head.softcap,
-            )
+            z = head_logits(hidden[i : i + 512], head, vocab)
             nll -= float(torch.log_softmax(z, -1).gather(1, targets[i : i + 512, None]).sum())
         ntokens += int(keep.sum())
     model.train(was_training)

@@ -65,6 +65,12 @@ def transform(raw: Tensor, scale: float, cap: float | None) -> Tensor:
     return cap * torch.tanh(z / cap) if cap is not None else z
 
 
+def head_logits(h: Tensor, head, vocab_size: int) -> Tensor:
+    """Final float32 logits of rows `h` through a `Head` (bias, scale, soft-cap included), for
+    the no-grad callers that walk rows block by block (eval, selection, the cache writer)."""
+    return transform(project(h, head.weight, head.bias, vocab_size), head.logit_scale, head.softcap)
+
+
 def transform_backward(grad: Tensor, final: Tensor, scale: float, cap: float | None) -> Tensor:
     """d/d raw from d/d final, in place on `grad`: tanh' = 1 - (final / cap)**2."""
     if cap is not None:

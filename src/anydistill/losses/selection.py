@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from anydistill.losses.chunk_math import project, transform
+from anydistill.losses.chunk_math import head_logits
 from anydistill.losses.divergences import forward_kl
 from anydistill.losses.engine import Head, TeacherSignal
 
@@ -26,17 +26,8 @@ def per_row_forward_kl(
     out = []
     for start in range(0, hidden.shape[0], chunk):
         end = start + chunk
-        zq = transform(
-            project(hidden[start:end], head.weight, head.bias, vocab_size),
-            head.logit_scale,
-            head.softcap,
-        )
-        th = teacher.head
-        zp = transform(
-            project(teacher.hidden[start:end], th.weight, th.bias, vocab_size),
-            th.logit_scale,
-            th.softcap,
-        )
+        zq = head_logits(hidden[start:end], head, vocab_size)
+        zp = head_logits(teacher.hidden[start:end], teacher.head, vocab_size)
         out.append(forward_kl(torch.log_softmax(zq, -1), torch.log_softmax(zp, -1)))
     return torch.cat(out) if out else hidden.new_zeros(0)
 

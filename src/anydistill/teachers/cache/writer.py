@@ -21,7 +21,7 @@ import torch
 from anydistill.config import RunConfig
 from anydistill.data.collate import collate
 from anydistill.errors import ConfigError
-from anydistill.losses.chunk_math import project, transform
+from anydistill.losses.chunk_math import head_logits
 from anydistill.models.heads import HiddenStates, output_head
 from anydistill.models.loading import freeze, max_positions
 from anydistill.models.tokenizer import real_vocab_size
@@ -68,8 +68,7 @@ def _top_k_rows(teacher, batch: dict, codec: Codec, vocab: int, device) -> tuple
     encoded = []
     for start in range(0, hidden.shape[0], ROWS_PER_BLOCK):
         h = hidden[start : start + ROWS_PER_BLOCK]
-        z = transform(project(h, head.weight, head.bias, vocab), head.logit_scale, head.softcap)
-        logp = torch.log_softmax(z.float(), dim=-1)
+        logp = torch.log_softmax(head_logits(h, head, vocab), dim=-1)
         top, ids = logp.topk(codec.k, dim=-1)  # sorted: top-1 first
         if codec.k < vocab:
             tail = torch.logsumexp(logp.scatter(1, ids, float("-inf")), dim=-1)
