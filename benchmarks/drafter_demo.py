@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from anydistill.bench.machine import machine_info
+from anydistill.cli_common import quiet_libraries
 from anydistill.demo.run import FAST, FULL, _cached_teacher, run_demo
 from anydistill.eval.speculate_cmd import run_speculate
-from anydistill.quiet import quiet_libraries
 
 
 def main() -> None:

@@ -15,8 +15,9 @@ import typer
 
 from anydistill.align.cli import align_cmd
 from anydistill.bench.cli import bench_app
+from anydistill.cli_common import fail as _fail
+from anydistill.cli_common import quiet_libraries as _quiet_libraries
 from anydistill.errors import AnydistillError
-from anydistill.quiet import quiet_libraries as _quiet_libraries
 
 app = typer.Typer(
     add_completion=False,
@@ -27,11 +28,6 @@ app = typer.Typer(
 
 app.add_typer(bench_app, name="bench")
 app.command("align")(align_cmd)
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
 
 
 @app.command()

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from anydistill.cli_common import fail
 from anydistill.errors import AnydistillError, ConfigError, DataError, ModelError
 
 
@@ -101,8 +102,7 @@ def align_cmd(
 
         t_view, s_view = token_view(teacher), token_view(student)
     except AnydistillError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+        fail(str(err))
     if check is not None:
         result = check_pair(t_view, s_view, n=check, seed=seed)
         if as_json:

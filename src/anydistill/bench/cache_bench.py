@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -144,18 +145,23 @@ def bench_cache(
     batch: int = 16,
     student_hidden: int = 48,
     seq_len: int = 128,
+    say: Callable[[str], None] = lambda _: None,
 ) -> list[dict[str, Any]]:
     """One record per k; the online-teacher throughput is measured once and shared."""
+    if teacher_dir is None:
+        say("teacher: the fast demo's (trained once, then cached)")
     teacher_dir = teacher_dir or demo_teacher(work)
     train, eval_ = _write_problems(work, samples, 100, seed=0)
     teacher = {"path": str(teacher_dir)}
     online = _recipe(
         teacher, train, eval_, work / "run-online", student_hidden, steps, batch, seq_len
     )
+    say(f"training {steps} steps with the online teacher")
     online_tps = _train_tokens_per_s(online)
     records = []
     for k in ks:
         out = work / f"cache-k{k}"
+        say(f"k={k}: writing the cache, measuring held-out KL, training from the cache")
         settings = CacheSettings(k=k, value_bits=value_bits, samples_per_shard=128, batch_size=16)
         start = time.perf_counter()
         write_cache(config_from_dict(online), out, settings, progress=False)

@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from anydistill.quiet import quiet_libraries
+from anydistill.cli_common import fail as _fail
+from anydistill.cli_common import quiet_libraries
 
 bench_app = typer.Typer(
     no_args_is_help=True, help="Measure speed, memory and error of anydistill's parts."
@@ -21,11 +22,6 @@ GPU_SHAPES = [
     "32768,151936,1536,3584",
 ]
 CPU_SHAPES = ["4096,32000,512,1024"]
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
 
 
 def _device(name: str):
@@ -239,7 +235,14 @@ def cache_cmd(
     try:
         with tempfile.TemporaryDirectory(prefix="anydistill-bench-cache-") as work:
             records = bench_cache(
-                teacher, ks, Path(work), value_bits, samples, steps, student_hidden=student_hidden
+                teacher,
+                ks,
+                Path(work),
+                value_bits,
+                samples,
+                steps,
+                student_hidden=student_hidden,
+                say=(lambda _: None) if as_json else (lambda m: typer.echo(f"  {m}", err=True)),
             )
     except AnydistillError as err:
         _fail(str(err))
