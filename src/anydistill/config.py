@@ -15,7 +15,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from anydistill.errors import ConfigError
 
 DIVERGENCE_KINDS = ("fkl", "rkl", "jsd", "tvd", "skl", "srkl", "taid")
-TERM_KINDS = (*DIVERGENCE_KINDS, "contrastive", "ce")
+# Cross-tokenizer terms (anydistill.losses.cross) and the `options:` each accepts; beta and
+# temperature are the TermConfig fields. ALM's temperature is its binarisation tau.
+CROSS_OPTIONS: dict[str, tuple[str, ...]] = {
+    "alm": ("divergence", "eps", "debias", "space_threshold"),
+    "uld": (),
+    "gold_hybrid": ("matched_weight", "unmatched_weight"),
+    "mined": (),
+}
+CROSS_KINDS = tuple(CROSS_OPTIONS)
+TERM_KINDS = (*DIVERGENCE_KINDS, "contrastive", "ce", *CROSS_KINDS)
 SOURCE_KINDS = (
     "dataset",
     "teacher_generated",
@@ -115,19 +124,49 @@ class DataConfig(Strict):
 
 
 class TermConfig(Strict):
-    kind: Literal["fkl", "rkl", "jsd", "tvd", "skl", "srkl", "taid", "contrastive", "ce"]
+    kind: Literal[
+        "fkl",
+        "rkl",
+        "jsd",
+        "tvd",
+        "skl",
+        "srkl",
+        "taid",
+        "contrastive",
+        "ce",
+        "alm",
+        "uld",
+        "gold_hybrid",
+        "mined",
+    ]
     name: str | None = None
     weight: float = Field(1.0, ge=0.0)
-    temperature: float = Field(1.0, gt=0.0)
+    temperature: float = Field(1.0, gt=0.0)  # alm: the binarisation tau, default 100
     beta: float = Field(0.5, ge=0.0, le=1.0)
     alpha: float = Field(0.1, ge=0.0, le=1.0)
     schedule: dict[str, Any] | None = None
     taid: dict[str, Any] | None = None
+    options: dict[str, Any] | None = None  # cross-tokenizer terms only (CROSS_OPTIONS)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _alm_tau(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("kind") == "alm" and "temperature" not in data:
+            data = {**data, "temperature": 100.0}  # the ALM paper's tau
+        return data
 
     @model_validator(mode="after")
     def _ce_temperature(self) -> TermConfig:
         if self.kind == "ce" and self.temperature != 1.0:
             raise ValueError("a `ce` term is on hard labels and takes no temperature")
+        if self.options and self.kind not in CROSS_OPTIONS:
+            raise ValueError(f"`options` only applies to cross-tokenizer terms, not {self.kind}")
+        if self.options:
+            allowed = CROSS_OPTIONS[self.kind]
+            unknown = sorted(set(self.options) - set(allowed))
+            if unknown:
+                takes = ", ".join(allowed) or "none"
+                raise ValueError(f"{self.kind} does not take options {unknown}; it takes: {takes}")
         return self
 
 
@@ -145,6 +184,10 @@ class ObjectiveConfig(Strict):
     engine: Literal["naive", "torch", "triton"] = "torch"
     # Rows per logits block; None sizes blocks by the vocabulary (engine.auto_chunk_size).
     chunk_size: int | None = Field(None, ge=1)
+
+    def cross_tokenizer(self) -> bool:
+        """True when a term compares aligned chunks (the two tokenizers may then differ)."""
+        return any(t.kind in CROSS_KINDS for t in self.terms)
 
     @model_validator(mode="after")
     def _unique_names(self) -> ObjectiveConfig:
@@ -285,12 +328,38 @@ class RunConfig(Strict):
         if self.train.warmup_steps >= self.train.max_steps and self.train.warmup_steps > 0:
             raise ValueError("train.warmup_steps must be smaller than train.max_steps")
         self._check_source()
-        if isinstance(self.student.tokenizer, TokenizerTrain):
+        if self.objective.cross_tokenizer():
+            self._check_cross()
+        elif isinstance(self.student.tokenizer, TokenizerTrain):
             raise ValueError(
-                "student.tokenizer: only the teacher's tokenizer can be trained; "
-                "the student shares it"
+                "student.tokenizer: only a cross-tokenizer run (objective terms alm, uld, "
+                "gold_hybrid or mined) trains its own student tokenizer; this student shares "
+                "the teacher's"
             )
         return self
+
+    def _check_cross(self) -> None:
+        same_vocab = [t.kind for t in self.objective.terms if t.kind not in (*CROSS_KINDS, "ce")]
+        if same_vocab:
+            raise ValueError(
+                f"objective.terms: `{same_vocab[0]}` compares distributions over one shared "
+                "vocabulary and cannot mix with cross-tokenizer terms; use mined or gold_hybrid "
+                "for a token-level divergence"
+            )
+        why = None
+        if self.teacher.kind == "cache":
+            why = "teacher.kind: cross-tokenizer terms need a live teacher, not a teacher cache"
+        elif self.source.kind != "dataset":
+            why = "source.kind: cross-tokenizer terms train on the dataset's text; use `dataset`"
+        elif self.objective.token_selection is not None:
+            why = "objective.token_selection compares one vocabulary; drop it for cross terms"
+        elif self.student.from_teacher is not None:
+            why = (
+                "student.from_teacher shares the teacher's tokenizer; use same-tokenizer terms "
+                "(fkl, ...) or give the student `path` or `init`"
+            )
+        if why:
+            raise ValueError(why)
 
     def _check_source(self) -> None:
         src = self.source

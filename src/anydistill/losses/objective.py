@@ -27,7 +27,9 @@ from anydistill.losses.divergences import DIVERGENCES
 from anydistill.losses.schedules import WeightSchedule
 from anydistill.losses.taid import TaidSchedule
 
-TERM_KINDS = (*DIVERGENCES, "contrastive", "ce")
+# Cross-tokenizer terms run on aligned chunks (anydistill.losses.cross), not in the engine.
+CROSS_TERM_KINDS = ("alm", "uld", "gold_hybrid", "mined")
+TERM_KINDS = (*DIVERGENCES, "contrastive", "ce", *CROSS_TERM_KINDS)
 
 
 @dataclass
@@ -42,6 +44,7 @@ class TermSpec:
     alpha: float = 0.1  # skl / srkl / contrastive
     schedule: dict[str, Any] | None = None  # WeightSchedule kwargs; multiplies `weight`
     taid: dict[str, Any] | None = None  # TaidSchedule kwargs except total_steps
+    options: dict[str, Any] | None = None  # a cross-tokenizer term's own keyword options
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class ActiveTerm:
     beta: float = 0.5
     alpha: float = 0.1
     taid_t: float = 1.0
+    options: dict[str, Any] | None = None
 
 
 def _fail(term: str, field: str, what: str) -> ValueError:
@@ -76,6 +80,8 @@ def _check_spec(spec: TermSpec, name: str) -> None:
         raise _fail(name, "alpha", f"must be in [0, 1], got {spec.alpha}")
     if spec.taid is not None and spec.kind != "taid":
         raise _fail(name, "taid", f"only applies to a taid term, not {spec.kind}")
+    if spec.options and spec.kind not in CROSS_TERM_KINDS:
+        raise _fail(name, "options", f"only applies to cross-tokenizer terms, not {spec.kind}")
 
 
 def _build_schedule(spec: TermSpec, name: str, total_steps: int) -> WeightSchedule | None:
@@ -143,6 +149,7 @@ class Objective:
                     beta=float(spec.beta),
                     alpha=float(spec.alpha),
                     taid_t=1.0 if taid is None else taid.value,
+                    options=spec.options,
                 )
             )
         return out

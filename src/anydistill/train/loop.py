@@ -22,7 +22,9 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object, set_seed
 
 from anydistill.config import RunConfig, dump_config
+from anydistill.data import BatchStream
 from anydistill.errors import AnydistillError, ConfigError, TrainingError
+from anydistill.eval.cross_metrics import evaluate_cross
 from anydistill.eval.metrics import evaluate
 from anydistill.losses.objective import Objective, TermSpec
 from anydistill.models.heads import HiddenStates, unwrap
@@ -35,6 +37,8 @@ from anydistill.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from anydistill.train.cross_setup import build_cross_parts
+from anydistill.train.cross_step import cross_train_step
 from anydistill.train.loggers import MetricsLog, truncate_after
 from anydistill.train.optim import build_optimizer, build_scheduler
 from anydistill.train.progress import StepProgress
@@ -83,13 +87,25 @@ def _save_final(run_dir: Path, parts: RunParts) -> None:
     final, tmp = run_dir / "final", run_dir / "final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     merged_for_saving(parts.student).save_pretrained(str(tmp))
-    parts.tokenizer.save_pretrained(str(tmp))
+    parts.student_tok.save_pretrained(str(tmp))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
 
 
 def _build_source(cfg: RunConfig, parts: RunParts, run_dir: Path, acc: Accelerator) -> Source:
     """The run's source; the teacher is loaded here when only generation needs it."""
+    if parts.cross is not None:
+        from anydistill.sources.cross import CrossSource
+
+        t = cfg.train
+        stream = BatchStream(
+            parts.data.train,
+            t.micro_batch_size,
+            t.seed,
+            rank=acc.process_index,
+            world_size=acc.num_processes,
+        )
+        return CrossSource(stream, parts.teacher_vocab or 0, parts.vocab_size)
     teacher = parts.teacher
     if cfg.source.teacher_generates() and teacher is None:
         seed = cfg.train.seed + 1  # the seed build_parts gives the teacher
@@ -155,7 +171,8 @@ def train(cfg: RunConfig) -> Path:
     run_dir, fresh = prepare_run_dir(cfg, accelerator)
     try:
         with accelerator.main_process_first():  # rank 0 trains/saves a tokenizer first
-            parts = build_parts(cfg, run_dir, accelerator.device)
+            build = build_cross_parts if cfg.objective.cross_tokenizer() else build_parts
+            parts = build(cfg, run_dir, accelerator.device)
         source = _build_source(cfg, parts, run_dir, accelerator)
     except AnydistillError:
         if fresh and accelerator.is_main_process:
@@ -212,6 +229,19 @@ def train(cfg: RunConfig) -> Path:
         )
 
     def run_eval(at: int) -> dict[str, float]:
+        if parts.cross is not None:
+            result = evaluate_cross(
+                unwrap(model),
+                parts.teacher if cfg.eval.teacher else None,
+                parts.data.eval,
+                parts.teacher_vocab or 0,
+                parts.vocab_size,
+                cfg.eval.batch_size,
+                cfg.eval.max_batches,
+            )
+            if log is not None and result:
+                log.write({"kind": "eval", "step": at, **result})
+            return result
         result = evaluate(
             unwrap(model),
             parts.teacher if cfg.eval.teacher else None,
@@ -237,20 +267,35 @@ def train(cfg: RunConfig) -> Path:
             terms = objective.active_terms(step)
             batches = source.batches(step, t.grad_accum)
             tick = time.perf_counter()
-            result = train_step(
-                accelerator,
-                model,
-                step_teacher,
-                optimizer,
-                batches,
-                terms,
-                parts.vocab_size,
-                cfg.objective.engine,
-                cfg.objective.chunk_size,
-                t.max_grad_norm,
-                bf16=t.precision == "bf16",
-                selector=selector,
-            )
+            if parts.cross is not None:
+                result = cross_train_step(
+                    accelerator,
+                    model,
+                    parts.teacher,
+                    batches,
+                    terms,
+                    parts.cross,
+                    parts.vocab_size,
+                    cfg.objective.engine,
+                    cfg.objective.chunk_size,
+                    t.max_grad_norm,
+                    bf16=t.precision == "bf16",
+                )
+            else:
+                result = train_step(
+                    accelerator,
+                    model,
+                    step_teacher,
+                    optimizer,
+                    batches,
+                    terms,
+                    parts.vocab_size,
+                    cfg.objective.engine,
+                    cfg.objective.chunk_size,
+                    t.max_grad_norm,
+                    bf16=t.precision == "bf16",
+                    selector=selector,
+                )
             if not math.isfinite(result.loss):
                 raise TrainingError(_nan_message(step + 1, result.loss, result.terms))
             lr = scheduler.get_last_lr()[0]
@@ -282,7 +327,11 @@ def train(cfg: RunConfig) -> Path:
                         **{f"term/{k}": v for k, v in result.terms.items()},
                         "lr": lr,
                         "grad_norm": result.grad_norm,
-                        "agreement": result.stats.get("agree", 0.0) / tokens,
+                        **(
+                            {"agreement": result.stats["agree"] / tokens}
+                            if "agree" in result.stats
+                            else {}
+                        ),
                         "tokens": tokens_seen,
                         "tokens_per_s": result.tokens / max(step_s, 1e-9),
                         "elapsed_s": time.perf_counter() - start,

@@ -36,8 +36,18 @@ class RunParts:
     tokenizer: PreTrainedTokenizerBase
     teacher: PreTrainedModel | Any | None  # a model, or a CachedTeacher
     student: torch.nn.Module
-    data: TokenizedData
-    vocab_size: int
+    data: TokenizedData | Any  # a CrossData on a cross-tokenizer run
+    vocab_size: int  # the student's
+    # cross-tokenizer runs only: the student's own tokenizer, the teacher's vocabulary size
+    # and each cross term's prepared keyword options (anydistill.train.cross_setup)
+    student_tokenizer: PreTrainedTokenizerBase | None = None
+    teacher_vocab: int | None = None
+    cross: dict[str, dict] | None = None
+
+    @property
+    def student_tok(self) -> PreTrainedTokenizerBase:
+        """The tokenizer the student reads and is saved with."""
+        return self.student_tokenizer or self.tokenizer
 
 
 def pick_device(name: str) -> torch.device:
@@ -172,10 +182,23 @@ def build_parts(cfg: RunConfig, run_dir: Path, device: torch.device) -> RunParts
     else:
         _check_student_tokenizer(cfg.student, tokenizer)  # before loading any weights
         student = load_model(cfg.student, "student", vocab, device, frozen=False, seed=seed + 2)
+    student = finish_student(cfg, student, teacher, device)
+    data = tokenized(cfg, train_ds, eval_ds, tokenizer)
+    if teacher is not None and not isinstance(teacher, torch.nn.Module):
+        from anydistill.teachers.cache.keys import example_key
+
+        keys = [example_key(ex) for ex in data.train]
+        teacher.cache.check_compatible(tokenizer, cfg.data.seq_len, keys)
+    return RunParts(tokenizer, teacher, student, data, vocab)
+
+
+def finish_student(
+    cfg: RunConfig, student: torch.nn.Module, teacher: Any, device: torch.device
+) -> torch.nn.Module:
+    """dtype, the seq_len check against both models, LoRA and gradient checkpointing."""
     if cfg.student.dtype != "auto":
         student = student.to(resolve_dtype(cfg.student.dtype, device, frozen=False))
     student.train()
-
     for name, model in (("student", student), ("teacher", teacher)):
         limit = max_positions(model) if isinstance(model, torch.nn.Module) else None
         if limit is not None and cfg.data.seq_len > limit:
@@ -183,7 +206,6 @@ def build_parts(cfg: RunConfig, run_dir: Path, device: torch.device) -> RunParts
                 f"data.seq_len is {cfg.data.seq_len} but the {name} handles at most {limit} "
                 "positions; lower data.seq_len"
             )
-
     if cfg.student.lora is not None:
         lc = cfg.student.lora
         student = add_lora(student, lc.r, lc.alpha, lc.dropout, lc.target_modules)
@@ -192,11 +214,4 @@ def build_parts(cfg: RunConfig, run_dir: Path, device: torch.device) -> RunParts
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(student, "enable_input_require_grads"):
             student.enable_input_require_grads()
-
-    data = tokenized(cfg, train_ds, eval_ds, tokenizer)
-    if teacher is not None and not isinstance(teacher, torch.nn.Module):
-        from anydistill.teachers.cache.keys import example_key
-
-        keys = [example_key(ex) for ex in data.train]
-        teacher.cache.check_compatible(tokenizer, cfg.data.seq_len, keys)
-    return RunParts(tokenizer, teacher, student, data, vocab)
+    return student

@@ -10,6 +10,7 @@ engine then runs twice over the same hidden states, once per half (see `split_co
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,28 +158,47 @@ def train_step(
 ) -> StepResult:
     """Forward/backward over the step's micro-batches; the caller steps the optimizer."""
     normalizer = global_token_count(accelerator, batches)
+
+    def micro(batch: dict[str, torch.Tensor]) -> LossOutput:
+        inputs = step_inputs(batch, accelerator.device)
+        return micro_batch_loss(
+            student,
+            teacher,
+            inputs,
+            terms,
+            vocab_size,
+            normalizer,
+            engine,
+            chunk_size,
+            selector,
+        )
+
+    result = accumulate(accelerator, student, batches, micro, max_grad_norm, bf16)
+    result.tokens = int(normalizer.item())
+    return result
+
+
+def accumulate(
+    accelerator: Accelerator,
+    student: torch.nn.Module,
+    batches: list,
+    micro: Callable[[Any], LossOutput],
+    max_grad_norm: float | None,
+    bf16: bool,
+) -> StepResult:
+    """Backward of `micro(batch)` for each micro-batch (gradient sync on the last only), the
+    rank-summed loss, terms and stats, and the clipped gradient norm. `tokens` is left 0."""
     # DDP averages gradients over ranks; scaling by world size turns that into the global sum.
     scale = float(accelerator.num_processes)
     total = torch.zeros((), device=accelerator.device)
     term_sums: dict[str, torch.Tensor] = {}
     stat_sums: dict[str, torch.Tensor] = {}
     for i, batch in enumerate(batches):
-        inputs = step_inputs(batch, accelerator.device)
         last = i == len(batches) - 1
         sync = contextlib.nullcontext() if last else accelerator.no_sync(student)
         autocast = torch.autocast(accelerator.device.type, torch.bfloat16, enabled=bf16)
         with sync, autocast:
-            out = micro_batch_loss(
-                student,
-                teacher,
-                inputs,
-                terms,
-                vocab_size,
-                normalizer,
-                engine,
-                chunk_size,
-                selector,
-            )
+            out = micro(batch)
             accelerator.backward(out.loss * scale)
         total += out.loss.detach()
         for k, v in out.terms.items():
@@ -196,7 +216,7 @@ def train_step(
         loss=packed[0],
         terms=dict(zip(keys, packed[1 : 1 + len(keys)], strict=True)),
         stats=dict(zip(skeys, packed[1 + len(keys) :], strict=True)),
-        tokens=int(normalizer.item()),
+        tokens=0,
         grad_norm=grad_norm,
     )
 

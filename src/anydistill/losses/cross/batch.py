@@ -12,9 +12,10 @@ one side, or with a row whose target is -100.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -76,11 +77,34 @@ class CrossBatch:
 
 
 @dataclass
+class CrossExample:
+    """One sequence on both sides, aligned: ids, chunk id per token, and per-chunk facts.
+
+    Chunk ids are local (0..n_chunks-1, non-decreasing, -1 for a token in no chunk: specials
+    without a counterpart, or text outside the loss such as a prompt). `chunk_bytes` is each
+    chunk's UTF-8 length; `student_target` marks the student tokens a `ce` term trains on.
+    """
+
+    teacher_ids: np.ndarray  # [Tt] int64
+    student_ids: np.ndarray  # [Ts] int64
+    teacher_chunk: np.ndarray  # [Tt] int64
+    student_chunk: np.ndarray  # [Ts] int64
+    chunk_bytes: np.ndarray  # [n_chunks] int64
+    student_target: np.ndarray  # [Ts] bool
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self.chunk_bytes)
+
+
+@dataclass
 class CrossTokens:
     """Both sides of a batch of texts, tokenized and aligned: model inputs plus row indices.
 
     `*_ids` / `*_attention` are right-padded [B, L] model inputs; the flat row tensors follow
     the attended positions in row-major order, so `hidden[attention]` gives matching rows.
+    `student_ce` marks the student rows whose target a `ce` term trains on; `chunk_bytes` is
+    the UTF-8 length of each (global) chunk.
     """
 
     teacher_ids: Tensor
@@ -97,6 +121,8 @@ class CrossTokens:
     n_chunks: int
     teacher_vocab: int
     student_vocab: int
+    student_ce: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
+    chunk_bytes: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
 
     def batch(self, student_hidden: Tensor, teacher_hidden: Tensor | None = None) -> CrossBatch:
         """A `CrossBatch` from hidden states, given as [B, L, H] (padded) or [N, H] rows."""
@@ -141,6 +167,91 @@ def _pad(seqs: list[Tensor]) -> tuple[Tensor, Tensor]:
     return ids, att
 
 
+def collate_cross(
+    examples: Sequence[CrossExample],
+    teacher_vocab: int,
+    student_vocab: int,
+    max_len: int | None = None,
+) -> CrossTokens:
+    """Stack aligned examples into model inputs and row tensors, each side cut to `max_len`.
+
+    Chunks that lose a token to the cut, or that contain a sequence's first token (which no
+    row predicts), are dropped on both sides; the rest are renumbered with per-pair offsets.
+    """
+    if max_len is not None and max_len < 2:
+        raise ValueError(f"max_len must be at least 2, got {max_len}")
+    t_seqs, s_seqs, t_rows, s_rows, ce_rows, nbytes = [], [], [], [], [], []
+    t_off, s_off, c_off = [0], [0], [0]
+    for ex in examples:
+        n_chunks = ex.n_chunks
+        t_ids = torch.from_numpy(ex.teacher_ids[:max_len])
+        s_ids = torch.from_numpy(ex.student_ids[:max_len])
+        t_chunk = torch.from_numpy(ex.teacher_chunk)
+        s_chunk = torch.from_numpy(ex.student_chunk)
+        bad = torch.zeros(n_chunks + 1, dtype=torch.bool)  # last slot absorbs -1
+        for chunk, n in ((t_chunk, len(t_ids)), (s_chunk, len(s_ids))):
+            lost = torch.cat([chunk[:1], chunk[n:]])
+            bad[lost.where(lost >= 0, torch.full_like(lost, n_chunks))] = True
+        keep = ~bad[:-1]
+        new_id = torch.cumsum(keep.long(), 0) - 1 + c_off[-1]
+        for ids, chunk, seqs, rows, off in (
+            (t_ids, t_chunk[: len(t_ids)], t_seqs, t_rows, t_off),
+            (s_ids, s_chunk[: len(s_ids)], s_seqs, s_rows, s_off),
+        ):
+            ok = chunk >= 0
+            ok[ok.clone()] = keep[chunk[ok]]
+            mapped = torch.where(ok, new_id[chunk.clamp(min=0)], torch.full_like(chunk, -1))
+            seqs.append(ids)
+            rows.append(_rows(ids, mapped))
+            off.append(off[-1] + len(ids))
+        target = torch.from_numpy(ex.student_target[: len(s_ids)])
+        ce = torch.zeros(len(s_ids), dtype=torch.bool)
+        ce[:-1] = target[1:]
+        ce_rows.append(ce)
+        nbytes.append(torch.from_numpy(ex.chunk_bytes)[keep])
+        c_off.append(c_off[-1] + int(keep.sum()))
+    t_ids_pad, t_att = _pad(t_seqs)
+    s_ids_pad, s_att = _pad(s_seqs)
+
+    def cat(rows: list, k: int | None = None, dtype: torch.dtype = torch.long) -> Tensor:
+        parts = [r if k is None else r[k] for r in rows]
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=dtype)
+
+    return CrossTokens(
+        teacher_ids=t_ids_pad,
+        teacher_attention=t_att,
+        student_ids=s_ids_pad,
+        student_attention=s_att,
+        teacher_targets=cat(t_rows, 0),
+        teacher_chunk=cat(t_rows, 1),
+        student_targets=cat(s_rows, 0),
+        student_chunk=cat(s_rows, 1),
+        teacher_offsets=torch.tensor(t_off),
+        student_offsets=torch.tensor(s_off),
+        chunk_offsets=torch.tensor(c_off),
+        n_chunks=c_off[-1],
+        teacher_vocab=teacher_vocab,
+        student_vocab=student_vocab,
+        student_ce=cat(ce_rows, dtype=torch.bool),
+        chunk_bytes=cat(nbytes),
+    )
+
+
+def text_example(teacher_tok: Any, student_tok: Any, text: str, add_special_tokens: bool = True):
+    """`text` tokenized by both tokenizers and aligned; every text token is a target."""
+    pair = align_texts(teacher_tok, student_tok, text, add_special_tokens=add_special_tokens)
+    al = pair.alignment
+    bounds = al.chunk_bounds.numpy()
+    return CrossExample(
+        teacher_ids=pair.teacher_ids.numpy(),
+        student_ids=pair.student_ids.numpy(),
+        teacher_chunk=al.teacher_chunk.numpy(),
+        student_chunk=al.student_chunk.numpy(),
+        chunk_bytes=(bounds[1:] - bounds[:-1]).astype(np.int64),
+        student_target=al.student_chunk.numpy() >= 0,
+    )
+
+
 def build_cross_batch(
     teacher_tok: Any,
     student_tok: Any,
@@ -156,48 +267,10 @@ def build_cross_batch(
     """
     if max_len < 2:
         raise ValueError(f"max_len must be at least 2, got {max_len}")
-    t_seqs, s_seqs, t_rows, s_rows = [], [], [], []
-    t_off, s_off, c_off = [0], [0], [0]
-    for text in texts:
-        pair = align_texts(teacher_tok, student_tok, text, add_special_tokens=add_special_tokens)
-        al = pair.alignment
-        t_ids, s_ids = pair.teacher_ids[:max_len], pair.student_ids[:max_len]
-        bad = torch.zeros(al.n_chunks + 1, dtype=torch.bool)  # last slot absorbs -1
-        for chunk, n in ((al.teacher_chunk, len(t_ids)), (al.student_chunk, len(s_ids))):
-            lost = torch.cat([chunk[:1], chunk[n:]])
-            bad[lost.where(lost >= 0, torch.full_like(lost, al.n_chunks))] = True
-        keep = ~bad[:-1]
-        new_id = torch.cumsum(keep.long(), 0) - 1 + c_off[-1]
-        for ids, chunk, seqs, rows, off in (
-            (t_ids, al.teacher_chunk[: len(t_ids)], t_seqs, t_rows, t_off),
-            (s_ids, al.student_chunk[: len(s_ids)], s_seqs, s_rows, s_off),
-        ):
-            ok = chunk >= 0
-            ok[ok.clone()] = keep[chunk[ok]]
-            mapped = torch.where(ok, new_id[chunk.clamp(min=0)], torch.full_like(chunk, -1))
-            seqs.append(ids)
-            rows.append(_rows(ids, mapped))
-            off.append(off[-1] + len(ids))
-        c_off.append(c_off[-1] + int(keep.sum()))
-    t_ids_pad, t_att = _pad(t_seqs)
-    s_ids_pad, s_att = _pad(s_seqs)
-
-    def cat(rows: list, k: int) -> Tensor:
-        return torch.cat([r[k] for r in rows]) if rows else torch.zeros(0, dtype=torch.long)
-
-    return CrossTokens(
-        teacher_ids=t_ids_pad,
-        teacher_attention=t_att,
-        student_ids=s_ids_pad,
-        student_attention=s_att,
-        teacher_targets=cat(t_rows, 0),
-        teacher_chunk=cat(t_rows, 1),
-        student_targets=cat(s_rows, 0),
-        student_chunk=cat(s_rows, 1),
-        teacher_offsets=torch.tensor(t_off),
-        student_offsets=torch.tensor(s_off),
-        chunk_offsets=torch.tensor(c_off),
-        n_chunks=c_off[-1],
-        teacher_vocab=len(token_view(teacher_tok).token_bytes),
-        student_vocab=len(token_view(student_tok).token_bytes),
+    examples = [text_example(teacher_tok, student_tok, t, add_special_tokens) for t in texts]
+    return collate_cross(
+        examples,
+        len(token_view(teacher_tok).token_bytes),
+        len(token_view(student_tok).token_bytes),
+        max_len,
     )
