@@ -9,12 +9,14 @@ import yaml
 
 from anydistill.config import config_from_dict
 from anydistill.data import load_raw, tokenize_data
+from anydistill.data.cross import cross_data
 from anydistill.errors import ConfigError
+from anydistill.eval.cross_metrics import evaluate_cross
 from anydistill.eval.generation import exact_match_accuracy
 from anydistill.eval.metrics import evaluate
 from anydistill.models.loading import freeze, load_pretrained
 from anydistill.models.tokenizer import load_tokenizer, real_vocab_size
-from anydistill.train.setup import load_model, pick_device
+from anydistill.train.setup import load_model, pick_device, teacher_tokenizer
 
 
 def evaluate_run(
@@ -43,13 +45,17 @@ def evaluate_run(
         )
     cfg = config_from_dict(yaml.safe_load(config_path.read_text()))
     device = pick_device(cfg.train.device)
-    tokenizer = load_tokenizer(str(final), field="final")
+    tokenizer = load_tokenizer(str(final), field="final")  # the student's
     vocab = real_vocab_size(tokenizer)
     student = load_pretrained(str(final), field="final", dtype=torch.float32).to(device)
+    cross = cfg.objective.cross_tokenizer()
+    # A cross-tokenizer teacher reads its own tokenizer (saved in the run when it was trained).
+    teacher_tok = teacher_tokenizer(cfg, run_dir, None, "text") if cross else tokenizer
     teacher = None
     if cfg.eval.teacher:
+        t_vocab = real_vocab_size(teacher_tok)
         teacher = freeze(
-            load_model(cfg.teacher, "teacher", vocab, device, True, cfg.train.seed + 1)
+            load_model(cfg.teacher, "teacher", t_vocab, device, True, cfg.train.seed + 1)
         )
     _, eval_ds = load_raw(cfg.data, cfg.train.seed)
     if len(eval_ds) == 0:
@@ -57,39 +63,47 @@ def evaluate_run(
             f"{run_dir}: the run has no held-out data; set data.eval_path, data.eval_split "
             "or data.eval_fraction > 0 in its config.yaml"
         )
-    data = tokenize_data(eval_ds, eval_ds, tokenizer, cfg.data)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    result = evaluate(
-        student,
-        teacher,
-        data.eval,
-        tokenizer,
-        vocab,
-        cfg.eval.batch_size,
-        max_batches or cfg.eval.max_batches,
-        device,
-        pad,
-        cfg.objective.chunk_size,
-    )
+    batches = max_batches or cfg.eval.max_batches
+    if cross:
+        examples = cross_data(eval_ds, eval_ds, teacher_tok, tokenizer, cfg.data).eval
+        result = evaluate_cross(
+            student, teacher, examples, teacher_tok, tokenizer, cfg.eval.batch_size, batches
+        )
+    else:
+        data = tokenize_data(eval_ds, eval_ds, tokenizer, cfg.data)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        result = evaluate(
+            student,
+            teacher,
+            data.eval,
+            tokenizer,
+            vocab,
+            cfg.eval.batch_size,
+            batches,
+            device,
+            pad,
+            cfg.objective.chunk_size,
+        )
+    models = {"student": (student, tokenizer)}
+    if teacher is not None:
+        models["teacher"] = (teacher, teacher_tok)
     if "answer" in eval_ds.column_names and "prompt" in eval_ds.column_names:
         n = accuracy_examples or min(len(eval_ds), 200)
         records = [eval_ds[i] for i in range(min(n, len(eval_ds)))]
-        result["student/accuracy"] = exact_match_accuracy(student, tokenizer, records)
-        if teacher is not None:
-            result["teacher/accuracy"] = exact_match_accuracy(teacher, tokenizer, records)
+        for name, (model, tok) in models.items():
+            result[f"{name}/accuracy"] = exact_match_accuracy(model, tok, records)
     if task is not None:
         from anydistill.eval.task_eval import task_scores
 
-        models = {"student": student} | ({"teacher": teacher} if teacher is not None else {})
-        result.update(task_scores(models, tokenizer, task, max_records, max_new_tokens))
+        for name, (model, tok) in models.items():
+            result.update(task_scores({name: model}, tok, task, max_records, max_new_tokens))
     if texts is not None:
         from anydistill.eval.text_bpb import load_texts, text_bits_per_byte
 
         raw = load_texts(texts)
-        for name, model in (("student", student), ("teacher", teacher)):
-            if model is not None:
-                bpb = text_bits_per_byte(model, tokenizer, raw, max_len=cfg.data.seq_len)
-                result[f"{name}/text_bits_per_byte"] = bpb["bits_per_byte"]
+        for name, (model, tok) in models.items():
+            bpb = text_bits_per_byte(model, tok, raw, max_len=cfg.data.seq_len)
+            result[f"{name}/text_bits_per_byte"] = bpb["bits_per_byte"]
     if lm_eval is not None:
         from anydistill.eval.task_eval import lm_eval_scores
 

@@ -234,8 +234,8 @@ def train(cfg: RunConfig) -> Path:
                 unwrap(model),
                 parts.teacher if cfg.eval.teacher else None,
                 parts.data.eval,
-                parts.teacher_vocab or 0,
-                parts.vocab_size,
+                parts.tokenizer,
+                parts.student_tok,
                 cfg.eval.batch_size,
                 cfg.eval.max_batches,
             )
