@@ -27,7 +27,17 @@ and schedule; only the objective differs:
 - `uld`: `[{kind: uld}, {kind: ce}]` (sorted-probability Wasserstein distance);
 - `gold_hybrid`: `[{kind: gold_hybrid}, {kind: ce}]`;
 - `mined`: `[{kind: mined}, {kind: ce}]`;
-- `alm_w..._t...`: extra ALM weight/temperature points given by `--alm-sweep`.
+- `alm_ce{W}_t{TAU}[_w{A}]`: more debiased ALM points from `--alm-sweep W:TAU[:A],...`
+  (CE weight W, ALM temperature TAU, ALM weight A). ALM's gradient w.r.t. a chunk's
+  log-likelihood is (Q - P) / (1 - Q) / tau, about |a_S - a_T| / |a_S| / tau: with tau = 100
+  well under 1% of CE's gradient (1 per token), so CE weight 0.5 drowns it. The default
+  sweep tries ALM alone (W = 0), W = 0.005 (the two of similar size), W = 0.05 and tau = 10.
+
+References, not cross-tokenizer: `same_tok_ce` and `same_tok_fkl` (`[{kind: fkl},
+{kind: ce}]`) are the same student on the teacher's tokenizer: how much a full-distribution
+teacher signal helps this student at this budget, the most a cross method could hope for.
+Their `gap_closed` is measured against `same_tok_ce`, their "chunk agreement" is the
+token-level top-1 agreement (every chunk is one token) and they have no aligned bpb.
 
 Metric: bits per byte on the held-out text, each model with its own tokenizer
 (`anydistill.eval.text_bpb.text_bits_per_byte`; long paragraphs are cut at line breaks into
@@ -36,8 +46,9 @@ pieces short enough that neither tokenizer needs truncation at `seq_len`), and t
 `chunk_agreement`). `gap_closed = (bpb_ce_only - bpb_method) / (bpb_ce_only - bpb_teacher)`:
 0 is no better than CE alone, 1 reaches the teacher.
 
-    python benchmarks/cross_tokenizer_demo.py --threads 1            # ~20-25 min on 2 cores
+    python benchmarks/cross_tokenizer_demo.py --threads 1            # ~20 min on 2 cores
     python benchmarks/cross_tokenizer_demo.py --fast --threads 1     # a 1-2 minute check
+    python benchmarks/cross_tokenizer_demo.py --steps 200 --methods ce_only,alm --alm-sweep ''
 
 Writes benchmarks/results/<date>-cross-tokenizer-cpu.json (or --out).
 """
@@ -70,6 +81,8 @@ from anydistill.train.loop import train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATA = Path("/work/shared/data/tinyshakespeare/input.txt")
+SAME_PREFIX, SAME_CE = "same_tok_", "same_tok_ce"  # students on the teacher's tokenizer
+EVAL_NAME = "anydistill_teacher_run.json"  # the teacher's own CE run: eval.json + train_s
 
 
 @dataclass(frozen=True)
@@ -81,7 +94,7 @@ class Settings:
     student_dims: tuple[int, int, int, int] = (64, 2, 4, 128)
     teacher_steps: int = 1200
     teacher_lr: float = 2e-3
-    student_steps: int = 300
+    student_steps: int = 500
     student_lr: float = 1e-3
     batch_size: int = 16
     heldout_fraction: float = 0.05
@@ -99,7 +112,7 @@ FAST = Settings(
 )
 
 
-def methods(alm_weight: float, alm_tau: float, sweep: list[tuple[float, float]]) -> dict:
+def methods(alm_weight: float, alm_tau: float, sweep: list[tuple[float, float, float]]) -> dict:
     alm = {"kind": "alm", "temperature": alm_tau}
     out: dict[str, list[dict[str, Any]]] = {
         "ce_only": [{"kind": "alm", "weight": 0.0}, {"kind": "ce"}],
@@ -109,11 +122,14 @@ def methods(alm_weight: float, alm_tau: float, sweep: list[tuple[float, float]])
         "gold_hybrid": [{"kind": "gold_hybrid"}, {"kind": "ce"}],
         "mined": [{"kind": "mined"}, {"kind": "ce"}],
     }
-    for w, tau in sweep:
-        out[f"alm_w{w:g}_t{tau:g}"] = [
-            {"kind": "alm", "temperature": tau, "options": {"debias": True}},
+    for w, tau, alm_w in sweep:
+        out[f"alm_ce{w:g}_t{tau:g}" + (f"_w{alm_w:g}" if alm_w != 1.0 else "")] = [
+            {"kind": "alm", "weight": alm_w, "temperature": tau, "options": {"debias": True}},
             {"kind": "ce", "weight": w},
         ]
+    # References: the student shares the teacher's tokenizer (no cross term needed).
+    out[SAME_CE] = [{"kind": "ce"}]
+    out["same_tok_fkl"] = [{"kind": "fkl"}, {"kind": "ce"}]
     return out
 
 
@@ -218,7 +234,10 @@ def teacher_dir(s: Settings, src: Path, work: Path, data_dir: Path) -> Path:
     tmp = cached.with_name(cached.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(run / "final", tmp)
-    shutil.copy(run / "eval.json", tmp / "anydistill_eval.json")
+    train_s = time.perf_counter() - tick
+    (tmp / EVAL_NAME).write_text(
+        json.dumps({**json.loads((run / "eval.json").read_text()), "train_s": train_s}, indent=1)
+    )
     os.replace(tmp, cached)
     return cached
 
@@ -233,14 +252,10 @@ def run_method(
     s: Settings, work: Path, data_dir: Path, teacher: Path, name: str, terms, pieces
 ) -> dict[str, Any]:
     r = base_recipe(s, data_dir, work / name, s.student_steps, s.student_lr)
-    r |= {
-        "teacher": {"path": str(teacher)},
-        "student": {
-            "init": llama_init(s.student_dims, s.seq_len),
-            "tokenizer": {"vocab_size": s.student_vocab},
-        },
-        "objective": {"terms": terms},
-    }
+    student: dict[str, Any] = {"init": llama_init(s.student_dims, s.seq_len)}
+    if not name.startswith(SAME_PREFIX):
+        student["tokenizer"] = {"vocab_size": s.student_vocab}
+    r |= {"teacher": {"path": str(teacher)}, "student": student, "objective": {"terms": terms}}
     tick = time.perf_counter()
     run = train(config_from_dict(r))
     wall = time.perf_counter() - tick
@@ -255,7 +270,7 @@ def run_method(
         "heldout_tokens": bpb["tokens"],
         "aligned_student_bpb": ev.get("student/bits_per_byte"),
         "aligned_teacher_bpb": ev.get("teacher/bits_per_byte"),
-        "chunk_agreement": ev.get("chunk_agreement"),
+        "chunk_agreement": ev.get("chunk_agreement", ev.get("top1_agreement")),
         "chunk_nll_gap": ev.get("chunk_nll_gap"),
         "eval_chunks": ev.get("eval_chunks"),
         "final_train_terms": {k: v for k, v in last.items() if k.startswith("term/")},
@@ -281,20 +296,36 @@ def table(results: dict[str, dict], teacher: dict[str, float]) -> str:
     )
     for name, r in results.items():
         g, ga = r.get("gap_closed"), r.get("gap_closed_aligned")
+        al = r["aligned_student_bpb"]
         lines.append(
             f"| {name} | {r['heldout_bpb']:.4f} | {'-' if g is None else f'{g:+.3f}'} | "
-            f"{r['aligned_student_bpb']:.4f} | {'-' if ga is None else f'{ga:+.3f}'} | "
+            f"{'-' if al is None else f'{al:.4f}'} | {'-' if ga is None else f'{ga:+.3f}'} | "
             f"{r['chunk_agreement']:.3f} | {r['run_wall_s']:.0f} |"
         )
     return "\n".join(lines)
 
 
-def parse_sweep(text: str) -> list[tuple[float, float]]:
-    """'0.5:10,1:100' -> [(0.5, 10.0), (1.0, 100.0)]: ALM runs with CE weight W, tau T."""
+def earlier(path: Path) -> dict[str, Any]:
+    """What an earlier run of this script tried: its settings, table and held-out bpb."""
+    old = json.loads(path.read_text())
+    keep = ("mode", "student_steps", "alm_weight", "alm_tau", "alm_sweep", "teacher_given")
+    return {
+        "file": path.name,
+        "date": old.get("date"),
+        "settings": {k: old["settings"].get(k) for k in keep},
+        "heldout_bpb": {k: r["heldout_bpb"] for k, r in old["results"].items()},
+        "table": old.get("table"),
+    }
+
+
+def parse_sweep(text: str) -> list[tuple[float, float, float]]:
+    """'0:100,0.5:1:4' -> [(0, 100, 1), (0.5, 1, 4)]: debiased ALM runs, each with CE weight
+    W, temperature TAU and (optionally, default 1) ALM weight A, given as W:TAU[:A]."""
     out = []
     for item in filter(None, text.split(",")):
-        w, _, tau = item.partition(":")
-        out.append((float(w), float(tau or 100.0)))
+        parts = [float(x) for x in item.split(":")]
+        w, tau, alm_w = (parts + [100.0, 1.0][len(parts) - 1 :])[:3]
+        out.append((w, tau, alm_w))
     return out
 
 
@@ -306,10 +337,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="student steps per method")
     parser.add_argument("--alm-weight", type=float, default=0.5, help="CE weight next to ALM")
     parser.add_argument("--alm-tau", type=float, default=100.0, help="ALM temperature")
-    parser.add_argument("--alm-sweep", default="", help="extra ALM runs, 'W:TAU,W:TAU'")
+    parser.add_argument(
+        "--alm-sweep",
+        default="0:100,0.005:100,0.05:100,0.5:10",
+        help="extra ALM runs, 'W:TAU[:A],...'",
+    )
     parser.add_argument("--methods", default=None, help="comma list (default: all)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument(
+        "--previous",
+        type=Path,
+        action="append",
+        default=[],
+        help="an earlier result JSON (e.g. a short sweep) to keep under `earlier_runs`",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if not args.data.is_file():
@@ -346,10 +388,19 @@ def main() -> None:
         print(json.dumps({name: results[name]}), flush=True)
     t_aligned = results["ce_only"]["aligned_teacher_bpb"]
     teacher_row = {**t_bpb, "aligned_bpb": t_aligned, "path": str(teacher)}
-    ce, ce_al = results["ce_only"]["heldout_bpb"], results["ce_only"]["aligned_student_bpb"]
-    for r in results.values():
-        r["gap_closed"] = gap(ce, r["heldout_bpb"], t_bpb["bits_per_byte"])
-        r["gap_closed_aligned"] = gap(ce_al, r["aligned_student_bpb"], t_aligned)
+    if (teacher / EVAL_NAME).is_file():
+        teacher_row["own_run"] = json.loads((teacher / EVAL_NAME).read_text())
+    ce_al = results["ce_only"]["aligned_student_bpb"]
+    for name, r in results.items():
+        same = name.startswith(SAME_PREFIX)
+        r["baseline"] = SAME_CE if same and SAME_CE in results else "ce_only"
+        r["gap_closed"] = gap(
+            results[r["baseline"]]["heldout_bpb"], r["heldout_bpb"], t_bpb["bits_per_byte"]
+        )
+        if same:  # its eval.json is over its own tokens, not the aligned chunks
+            r["aligned_student_bpb"] = r["aligned_teacher_bpb"] = r["gap_closed_aligned"] = None
+        else:
+            r["gap_closed_aligned"] = gap(ce_al, r["aligned_student_bpb"], t_aligned)
     text = table(results, teacher_row)
     print(text)
     report = {
@@ -379,6 +430,7 @@ def main() -> None:
         "teacher": teacher_row,
         "results": results,
         "table": text,
+        "earlier_runs": [earlier(p) for p in args.previous],
         "total_wall_s": time.perf_counter() - start,
     }
     out = args.out or RESULTS / f"{report['date']}-cross-tokenizer-cpu.json"
@@ -387,6 +439,8 @@ def main() -> None:
     tmp.write_text(json.dumps(report, indent=1) + "\n")
     os.replace(tmp, out)
     print(f"wrote {out}")
+    if args.workdir is None:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

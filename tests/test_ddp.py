@@ -14,7 +14,8 @@ from conftest import tiny_recipe, train_rows
 
 
 @pytest.mark.slow
-def test_two_process_ddp_matches_single_process(tmp_path):
+@pytest.mark.parametrize("recipe", ["ce_mix", "cross_tokenizer_alm"])
+def test_two_process_ddp_matches_single_process(tmp_path, recipe):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     if torchrun is None:
         pytest.skip("torchrun is not installed next to this python")
@@ -30,7 +31,7 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     ddp_cfg.write_text(
         yaml.safe_dump(
             tiny_recipe(
-                "ce_mix", output__dir=str(tmp_path / "ddp"), train__micro_batch_size=4, **common
+                recipe, output__dir=str(tmp_path / "ddp"), train__micro_batch_size=4, **common
             )
         )
     )
@@ -38,7 +39,7 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     one_cfg.write_text(
         yaml.safe_dump(
             tiny_recipe(
-                "ce_mix", output__dir=str(tmp_path / "one"), train__micro_batch_size=8, **common
+                recipe, output__dir=str(tmp_path / "one"), train__micro_batch_size=8, **common
             )
         )
     )

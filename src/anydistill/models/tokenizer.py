@@ -53,13 +53,15 @@ def check_same_tokenizer(
         )
         raise ModelError(
             "teacher and student tokenizers differ "
-            f"({detail}); same-tokenizer distillation needs one vocabulary — use the "
-            "cross-tokenizer mode for this pair"
+            f"({detail}); same-tokenizer distillation needs one vocabulary — use a "
+            "cross-tokenizer term (objective.terms kind alm, uld, gold_hybrid or mined) for "
+            "this pair"
         )
     for attr in ("bos_token", "eos_token"):
         a, b = getattr(teacher, attr), getattr(student, attr)
         if a != b:
             raise ModelError(
                 f"teacher and student tokenizers disagree on {attr} ({a!r} vs {b!r}); set "
-                "student.tokenizer to the teacher's tokenizer or use the cross-tokenizer mode"
+                "student.tokenizer to the teacher's tokenizer or use a cross-tokenizer term "
+                "(alm, uld, gold_hybrid or mined)"
             )

@@ -72,6 +72,11 @@ def teacher_tokenizer(cfg: RunConfig, run_dir: Path, train_ds, mode_hint: str):
     if isinstance(spec, TokenizerTrain):
         if saved.is_dir():  # resume: reuse the exact tokenizer the run started with
             return load_tokenizer(str(saved), field="teacher.tokenizer")
+        if train_ds is None:  # a finished run is being read, not started
+            raise ConfigError(
+                f"teacher.tokenizer: {run_dir} has no tokenizer/ (the one trained for the run); "
+                "is this the run directory `anydistill train` wrote?"
+            )
         from anydistill.demo.tokenizer import train_tokenizer
 
         texts = list(texts_for_tokenizer(train_ds, mode_hint, cfg.data))
