@@ -17,7 +17,6 @@ from anydistill.train.loop import train
 runner = CliRunner()
 
 
-
 def test_tiny_fkl_recipe_from_the_cli(tmp_path):
     out = tmp_path / "run"
     result = runner.invoke(
