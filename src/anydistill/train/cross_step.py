@@ -44,7 +44,9 @@ def cross_micro_batch(
     s_att = tokens.student_attention.to(device)
     hidden = student(tokens.student_ids.to(device), s_att.long())
     teacher_hidden = None
-    if any(t.kind != "ce" for t in terms):
+    # A cross term at weight 0 (a schedule's start, or a CE-only baseline) costs nothing:
+    # no teacher forward, no loss; it is logged as 0.
+    if any(t.kind != "ce" and t.weight > 0 for t in terms):
         t_att = tokens.teacher_attention.to(device)
         with torch.no_grad():
             teacher_hidden = HiddenStates(teacher)(tokens.teacher_ids.to(device), t_att.long())
@@ -70,6 +72,9 @@ def cross_micro_batch(
             )
             loss = loss + out.loss
             values[term.name] = out.terms[term.name]
+            continue
+        if term.weight == 0:
+            values[term.name] = torch.zeros((), device=device)
             continue
         total, _ = cross_loss(
             term.kind, batch, output_head(student), output_head(teacher), params[term.name]
