@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -16,6 +17,8 @@ def test_fast_demo_json_table(tmp_path):
         "TOKENIZERS_PARALLELISM": "false",
         "PATH": "/usr/bin:/bin",
         "HOME": str(tmp_path),
+        # conftest's one thread per process: two threads on a shared 2-core machine thrash
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
     }
     cmd = [
         sys.executable,
