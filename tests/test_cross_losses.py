@@ -248,6 +248,44 @@ def test_same_model_same_tokenizer_gives_zero(toks, kind, tmp_path):
         assert float(grad.abs().max()) <= 1e-6
 
 
+@pytest.mark.parametrize(
+    "kind,engine_kind,options",
+    [("mined", "fkl", {}), ("gold_hybrid", "jsd", {"matched_weight": 1.0, "beta": 0.3})],
+)
+def test_on_one_tokenizer_mined_is_fkl_and_gold_hybrid_is_jsd(
+    toks, tmp_path, kind, engine_kind, options
+):
+    """Two different models, one tokenizer: the cross path equals the same-tokenizer engine."""
+    from anydistill.losses.engine import TeacherSignal, distill_loss
+    from anydistill.losses.objective import ActiveTerm
+
+    tok = toks["metaspace"]
+    tokens = build_cross_batch(tok, tok, TEXTS, max_len=24)
+    vocab = tokens.student_vocab
+    g = torch.Generator().manual_seed(2)
+    n = int(tokens.student_attention.sum())
+    hidden = torch.randn(n, 8, generator=g).requires_grad_()
+    weight = torch.randn(vocab, 8, generator=g).requires_grad_()
+    t_hidden, t_weight = torch.randn(n, 6, generator=g), 2.0 * torch.randn(vocab, 6, generator=g)
+    batch = tokens.batch(hidden, t_hidden)
+    params = prepare_cross_params(kind, tok, tok, cache_dir=tmp_path, temperature=1.5, **options)
+    value, count = cross_loss(kind, batch, Head(weight), Head(t_weight), params)
+    rows = tokens.student_chunk >= 0
+    assert count == int(rows.sum()) > 10
+    term = ActiveTerm(name="x", kind=engine_kind, weight=1.0, temperature=1.5, beta=0.3)
+    ref = distill_loss(
+        hidden[rows], Head(weight), TeacherSignal(t_hidden[rows], Head(t_weight)),
+        tokens.student_targets[rows], torch.ones(count, dtype=torch.bool), [term],
+        vocab_size=vocab, normalizer=1.0, engine="naive",
+    )  # fmt: skip
+    # the engine scales a divergence by T**2 (Hinton); the cross terms do not
+    torch.testing.assert_close(value, ref.loss / 1.5**2, rtol=1e-5, atol=1e-6)
+    got = torch.autograd.grad(value, [hidden, weight])
+    want = torch.autograd.grad(ref.loss / 1.5**2, [hidden, weight])
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_same_tokenizer_maps_are_identity(toks, tmp_path):
     for name in ("byte_level", "metaspace"):
         tok = toks[name]

@@ -172,3 +172,15 @@ def test_cross_options_match_the_loss_signatures():
         params = inspect.signature(fn).parameters.values()
         keyword = {p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
         assert set(CROSS_OPTIONS[kind]) == keyword - internal
+
+
+def test_divergence_cross_terms_carry_the_temperature_squared(tmp_path):
+    """mined at T = 2 is logged as weighted (T**2 in both) and differs from T = 1."""
+    common = dict(train__max_steps=1, train__log_every=1, eval__every=0, train__warmup_steps=0)
+    rows = {}
+    for t in (1.0, 2.0):
+        terms = [{"kind": "mined", "temperature": t}]
+        run = train(_cfg(tmp_path, f"t{t}", objective__terms=terms, **common))
+        (rows[t],) = train_rows(run)
+    assert rows[2.0]["loss"] == pytest.approx(rows[2.0]["term/mined"], rel=1e-6)
+    assert 0 < rows[2.0]["term/mined"] != pytest.approx(rows[1.0]["term/mined"], rel=1e-3)

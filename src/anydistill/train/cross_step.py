@@ -3,9 +3,10 @@
 The student and the teacher run on their own token ids of the same text; their rows meet
 only through the aligned chunks (`CrossTokens`). Cross terms (alm, uld, gold_hybrid, mined)
 are summed over chunks and divided by the step's number of aligned chunks (all micro-batches,
-all ranks); a `ce` term is hard-label cross-entropy on the student's own target tokens,
-divided by their number. Both normalizers are known before the first backward, so gradient
-accumulation and DDP give the gradient of one big batch.
+all ranks); uld, gold_hybrid and mined are multiplied by T**2 like every divergence term. A
+`ce` term is hard-label cross-entropy on the student's own target tokens, divided by their
+number. Both normalizers are known before the first backward, so gradient accumulation and
+DDP give the gradient of one big batch.
 """
 
 from __future__ import annotations
@@ -79,8 +80,10 @@ def cross_micro_batch(
         total, _ = cross_loss(
             term.kind, batch, output_head(student), output_head(teacher), params[term.name]
         )
-        loss = loss + term.weight * total / chunk_norm
-        values[term.name] = total.detach() / chunk_norm
+        # Hinton's T**2, as for the same-vocabulary divergences; alm's temperature is its tau.
+        scale = 1.0 if term.kind == "alm" else term.temperature**2
+        loss = loss + term.weight * scale * total / chunk_norm
+        values[term.name] = scale * total.detach() / chunk_norm
     stats = {
         "tokens": ce_rows.sum().float(),
         "chunks": torch.tensor(float(tokens.n_chunks), device=device),
