@@ -105,6 +105,14 @@ def concat(pieces: list[CrossExample]) -> CrossExample:
     )
 
 
+def _remap(chunk: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Chunk ids renumbered over the kept chunks; tokens of dropped chunks become -1."""
+    new_id = np.cumsum(keep) - 1
+    ok = chunk >= 0
+    ok[ok] = keep[chunk[ok]]
+    return np.where(ok, new_id[np.maximum(chunk, 0)], -1)
+
+
 def _chat_example(teacher_tok: Any, student_tok: Any, messages: list[dict], targets: set[int]):
     chat = align_chat(teacher_tok, student_tok, messages)
     al = chat.alignment
@@ -113,15 +121,11 @@ def _chat_example(teacher_tok: Any, student_tok: Any, messages: list[dict], targ
     follows = np.zeros_like(is_target)  # the template run right after a target message
     follows[1:] = ~content[1:] & is_target[:-1]
     keep = is_target | follows
-    new_id = np.cumsum(keep) - 1
     sizes = np.diff(al.chunk_bounds.numpy())  # template runs span no bytes
-
-    def remap(chunk: np.ndarray) -> np.ndarray:
-        ok = chunk >= 0
-        ok[ok] = keep[chunk[ok]]
-        return np.where(ok, new_id[np.maximum(chunk, 0)], -1)
-
-    t_chunk, s_chunk = remap(al.teacher_chunk.numpy()), remap(al.student_chunk.numpy())
+    t_chunk, s_chunk = (
+        _remap(al.teacher_chunk.numpy(), keep),
+        _remap(al.student_chunk.numpy(), keep),
+    )
     sizes = sizes[keep]
     return _piece(chat.teacher_ids, chat.student_ids, t_chunk, s_chunk, sizes, s_chunk >= 0)
 
@@ -174,18 +178,11 @@ def _slice(ex: CrossExample, t: slice, s: slice, counts: tuple) -> CrossExample:
     present = np.zeros(n, dtype=bool)
     present[t_chunk[t_chunk >= 0]] = True
     keep = inside & present
-    new_id = np.cumsum(keep) - 1
-
-    def remap(chunk: np.ndarray) -> np.ndarray:
-        ok = chunk >= 0
-        ok[ok] = keep[chunk[ok]]
-        return np.where(ok, new_id[np.maximum(chunk, 0)], -1)
-
     return CrossExample(
         teacher_ids=ex.teacher_ids[t],
         student_ids=ex.student_ids[s],
-        teacher_chunk=remap(t_chunk),
-        student_chunk=remap(s_chunk),
+        teacher_chunk=_remap(t_chunk, keep),
+        student_chunk=_remap(s_chunk, keep),
         chunk_bytes=ex.chunk_bytes[keep],
         student_target=ex.student_target[s],
     )

@@ -239,21 +239,19 @@ def train(cfg: RunConfig) -> Path:
                 cfg.eval.batch_size,
                 cfg.eval.max_batches,
             )
-            if log is not None and result:
-                log.write({"kind": "eval", "step": at, **result})
-            return result
-        result = evaluate(
-            unwrap(model),
-            parts.teacher if cfg.eval.teacher else None,
-            parts.data.eval,
-            parts.tokenizer,
-            parts.vocab_size,
-            cfg.eval.batch_size,
-            cfg.eval.max_batches,
-            accelerator.device,
-            pad_id,
-            cfg.objective.chunk_size,
-        )
+        else:
+            result = evaluate(
+                unwrap(model),
+                parts.teacher if cfg.eval.teacher else None,
+                parts.data.eval,
+                parts.tokenizer,
+                parts.vocab_size,
+                cfg.eval.batch_size,
+                cfg.eval.max_batches,
+                accelerator.device,
+                pad_id,
+                cfg.objective.chunk_size,
+            )
         if log is not None and result:
             log.write({"kind": "eval", "step": at, **result})
         return result
