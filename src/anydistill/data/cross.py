@@ -225,10 +225,18 @@ def usable(ex: CrossExample) -> bool:
 
 
 def cross_examples(
-    ds: datasets.Dataset, teacher_tok: Any, student_tok: Any, mode: str, cfg: DataConfig
+    ds: datasets.Dataset,
+    teacher_tok: Any,
+    student_tok: Any,
+    mode: str,
+    cfg: DataConfig,
+    progress: bool = False,
 ) -> tuple[list[CrossExample], int]:
     """(examples fitted to seq_len, number of records or windows dropped as unusable)."""
-    records = [record_example(r, teacher_tok, student_tok, mode, cfg) for r in ds]
+    from rich.progress import track
+
+    rows = track(ds, description="aligning", total=len(ds), disable=not progress, transient=True)
+    records = [record_example(r, teacher_tok, student_tok, mode, cfg) for r in rows]
     if cfg.packing and mode == "text" and records:
         pieces = windows(concat(records), cfg.seq_len)
     else:
@@ -243,12 +251,14 @@ def cross_data(
     teacher_tok: Any,
     student_tok: Any,
     cfg: DataConfig,
+    progress: bool = False,
 ) -> CrossData:
-    """Detect the mode and align both sets (the cross-tokenizer twin of `tokenize_data`)."""
+    """Detect the mode and align both sets (the cross-tokenizer twin of `tokenize_data`);
+    `progress` shows a bar while the training set is aligned."""
     mode = detect_mode(train_ds.column_names, cfg.mode, **_columns(cfg))
     if len(eval_ds) > 0:
         detect_mode(eval_ds.column_names, mode, **_columns(cfg), field="data.eval_path")
-    train, dropped = cross_examples(train_ds, teacher_tok, student_tok, mode, cfg)
+    train, dropped = cross_examples(train_ds, teacher_tok, student_tok, mode, cfg, progress)
     ev, dropped_eval = (
         cross_examples(eval_ds, teacher_tok, student_tok, mode, cfg) if len(eval_ds) else ([], 0)
     )

@@ -77,7 +77,9 @@ def build_cross_parts(cfg: RunConfig, run_dir: Path, device: torch.device) -> Ru
     teacher = freeze(load_model(cfg.teacher, "teacher", t_vocab, device, True, seed + 1))
     student = load_model(cfg.student, "student", s_vocab, device, frozen=False, seed=seed + 2)
     student = finish_student(cfg, student, teacher, device)
-    data = cross_data(train_ds, eval_ds, teacher_tok, student_tok, cfg.data)
+    data = cross_data(
+        train_ds, eval_ds, teacher_tok, student_tok, cfg.data, progress=cfg.train.progress
+    )
     if data.dropped:
         log.warning("data: dropped %d sequences with no aligned target chunk", data.dropped)
     return RunParts(
