@@ -15,11 +15,13 @@ import typer
 
 from anydistill.align.cli import align_cmd
 from anydistill.bench.cli import bench_app
+from anydistill.cli_common import OneLineErrors
 from anydistill.cli_common import fail as _fail
 from anydistill.cli_common import quiet_libraries as _quiet_libraries
 from anydistill.errors import AnydistillError
 
 app = typer.Typer(
+    cls=OneLineErrors,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
