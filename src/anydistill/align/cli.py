@@ -10,6 +10,7 @@ import typer
 
 from anydistill.cli_common import fail
 from anydistill.errors import AnydistillError, ConfigError, DataError, ModelError
+from anydistill.paths import read_text
 
 
 def load_any_tokenizer(spec: str, field: str) -> Any:
@@ -41,9 +42,7 @@ def _read_text(text: str | None, file: Path | None) -> str:
     if text is None and file is None:
         raise ConfigError("give the text to align with --text or --file (or use --check N)")
     if file is not None:
-        if not file.is_file():
-            raise DataError(f"--file {file} does not exist")
-        return file.read_text(encoding="utf-8")
+        return read_text(file, "--file", "give a UTF-8 text file")
     return text or ""
 
 

@@ -10,7 +10,14 @@ import datasets
 import torch
 
 from anydistill.config import DataConfig
-from anydistill.data.loading import load_records
+from anydistill.data.loading import (
+    Origin,
+    Verdict,
+    describe,
+    load_located,
+    sift_records,
+    string_verdict,
+)
 from anydistill.data.packing import pack, truncate_or_drop
 from anydistill.data.tokenize import (
     Example,
@@ -34,8 +41,13 @@ class TokenizedData:
     dropped: int  # sequences (train + eval) dropped for having no target within seq_len
 
 
-def load_raw(cfg: DataConfig, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """(train, eval) raw datasets.
+def load_raw(
+    cfg: DataConfig, seed: int, prompts_only: bool = False
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """(train, eval) raw datasets, each checked record by record (`check_records`).
+
+    `prompts_only`: the run generates every completion (sequence KD, on-policy), so records
+    whose completion is empty are prompts, not holes.
 
     Synthetic arithmetic: `synthetic_size` training problems plus a disjoint eval set.
     Otherwise eval comes from `eval_path`, else `eval_split` of `path`, else a seeded
@@ -45,24 +57,85 @@ def load_raw(cfg: DataConfig, seed: int) -> tuple[datasets.Dataset, datasets.Dat
     if cfg.synthetic == "arithmetic":
         return _synthetic(cfg, seed)
     assert cfg.path is not None  # the config validator guarantees path or synthetic
-    train = load_records(cfg.path, cfg.format, cfg.subset, cfg.split, cfg.max_examples)
+    train, mode = _load_checked(cfg.path, cfg.split, cfg, "data.path", cfg.mode, prompts_only)
     if cfg.eval_path is not None:
         split = cfg.eval_split or cfg.split
-        ev = load_records(
-            cfg.eval_path, cfg.format, cfg.subset, split, cfg.max_examples, field="data.eval_path"
-        )
+        ev, _ = _load_checked(cfg.eval_path, split, cfg, "data.eval_path", mode, prompts_only)
         return train, ev
     if cfg.eval_split is not None:
-        ev = load_records(
-            cfg.path,
-            cfg.format,
-            cfg.subset,
-            cfg.eval_split,
-            cfg.max_examples,
-            field="data.eval_split",
-        )
+        ev, _ = _load_checked(cfg.path, cfg.eval_split, cfg, "data.eval_split", mode, prompts_only)
         return train, ev
     return holdout_split(train, cfg.eval_fraction, seed)
+
+
+def _load_checked(
+    path: str, split: str, cfg: DataConfig, field: str, mode: str, prompts_only: bool = False
+) -> tuple[datasets.Dataset, str]:
+    """One source loaded, its mode resolved and its records checked before any tokenizing."""
+    ds, origin = load_located(path, cfg.format, cfg.subset, split, cfg.max_examples, field)
+    mode = detect_mode(ds.column_names, mode, **_columns(cfg), field=field)
+    return check_records(ds, origin, mode, cfg, field, prompts_only), mode
+
+
+def check_records(
+    ds: datasets.Dataset,
+    origin: Origin,
+    mode: str,
+    cfg: DataConfig,
+    field: str,
+    prompts_only: bool = False,
+) -> datasets.Dataset:
+    """Refuse a record whose text columns hold something other than text (naming file, line
+    and column), and drop empty ones while they are few (see `sift_records`)."""
+    names = {
+        "text": [cfg.text_column],
+        "prompt_completion": [cfg.prompt_column, cfg.completion_column],
+        "messages": [cfg.messages_column],
+    }[mode]
+    return sift_records(ds, origin, names, lambda r: _verdict(r, mode, cfg, prompts_only), field)
+
+
+def _verdict(
+    record: dict[str, Any], mode: str, cfg: DataConfig, prompts_only: bool = False
+) -> Verdict:
+    if mode == "text":
+        fix = f"store plain text in `{cfg.text_column}` or set data.text_column to such a column"
+        return string_verdict(record[cfg.text_column], cfg.text_column, fix)
+    if mode == "messages":
+        return _messages_verdict(record[cfg.messages_column], cfg.messages_column)
+    p_col, c_col = cfg.prompt_column, cfg.completion_column
+    prompt, completion = record[p_col], record[c_col]
+    if prompts_only and completion in (None, "", []):  # the completion will be generated
+        if isinstance(prompt, list):
+            return _messages_verdict(prompt, p_col)
+        fix = f"store the prompt text in `{p_col}` or set data.prompt_column to such a column"
+        return string_verdict(prompt, p_col, fix)
+    if isinstance(prompt, list) and isinstance(completion, list):  # a chat prompt and reply
+        return _messages_verdict(prompt, p_col, may_be_empty=True) or _messages_verdict(
+            completion, c_col
+        )
+    fix = f"give `{p_col}` and `{c_col}` both as strings or both as lists of messages"
+    if completion is None:
+        return c_col, None
+    if prompt is None:  # an empty prompt string is a prompt-less example; null is a hole
+        return p_col, None
+    if isinstance(prompt, list):
+        return p_col, f"holds a list while `{c_col}` does not; {fix}"
+    if not isinstance(prompt, str):
+        return p_col, f"holds {describe(prompt)}, not a string; {fix}"
+    return string_verdict(completion, c_col, fix)
+
+
+def _messages_verdict(messages: Any, column: str, may_be_empty: bool = False) -> Verdict:
+    if messages is None or (messages == [] and not may_be_empty):
+        return column, None
+    if not isinstance(messages, list):
+        what = describe(messages)
+    elif not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages):
+        what = "a list whose items are not all {role, content} objects"
+    else:
+        return None
+    return column, f"holds {what}, not a list of messages; give a list of {{role, content}} objects"
 
 
 def _synthetic(cfg: DataConfig, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
@@ -132,12 +205,14 @@ def tokenize_dataset(
     cols = _columns(cfg)
     for batch in ds.iter(batch_size=_CHUNK):
         if mode == "text":
-            out += tokenize_texts(batch[cfg.text_column], tokenizer)
+            out += tokenize_texts(batch[cfg.text_column], tokenizer, cfg.text_column)
             continue
         if mode == "prompt_completion":
             prompts, completions = batch[cfg.prompt_column], batch[cfg.completion_column]
             if all(isinstance(x, str) for x in prompts + completions):
-                out += tokenize_pairs(prompts, completions, tokenizer)
+                out += tokenize_pairs(
+                    prompts, completions, tokenizer, (cfg.prompt_column, cfg.completion_column)
+                )
                 continue
         rows = [
             dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)

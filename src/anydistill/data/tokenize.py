@@ -11,6 +11,7 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from typing import Any, TypedDict
 
+from anydistill.data.loading import describe
 from anydistill.errors import DataError
 
 MODES = ("text", "prompt_completion", "messages")
@@ -71,30 +72,48 @@ def _bos_eos(tokenizer: Any) -> tuple[list[int], list[int]]:
     return start, end
 
 
-def _encode(tokenizer: Any, texts: Sequence[str | None]) -> list[list[int]]:
+def _require_text(texts: Sequence[Any], column: str) -> None:
+    """`load_raw` has already refused or dropped null values and named the record; a None
+    here is a deliberately empty part. Anything else that is not text would train on its
+    Python repr, so it is refused rather than str()-ed."""
+    for t in texts:
+        if t is not None and not isinstance(t, str):
+            raise DataError(
+                f"data: column `{column}` holds {describe(t)}, not a string; store plain text "
+                "in it or point the data.*_column keys at text columns"
+            )
+
+
+def _encode(tokenizer: Any, texts: Sequence[str | None], column: str) -> list[list[int]]:
     if not texts:
         return []
-    # arrow fills missing values with None; treat them as empty strings, not "None"
-    clean = ["" if t is None else str(t) for t in texts]
+    _require_text(texts, column)
+    clean = ["" if t is None else t for t in texts]
     return tokenizer(clean, add_special_tokens=False)["input_ids"]
 
 
-def tokenize_texts(texts: list[str], tokenizer: Any) -> list[Example]:
+def tokenize_texts(texts: list[str], tokenizer: Any, column: str = "text") -> list[Example]:
     """Plain text: [bos] + tokens + [eos], every token a target."""
     start, end = _bos_eos(tokenizer)
     out: list[Example] = []
-    for ids in _encode(tokenizer, texts):
+    for ids in _encode(tokenizer, texts, column):
         full = start + ids + end
         out.append(Example(input_ids=full, loss_mask=[True] * len(full)))
     return out
 
 
-def tokenize_pairs(prompts: list[str], completions: list[str], tokenizer: Any) -> list[Example]:
+def tokenize_pairs(
+    prompts: list[str],
+    completions: list[str],
+    tokenizer: Any,
+    columns: tuple[str, str] = ("prompt", "completion"),
+) -> list[Example]:
     """String prompt/completion: [bos] + prompt + completion + [eos]; completion+eos targets."""
     start, end = _bos_eos(tokenizer)
     out: list[Example] = []
-    p_ids = _encode(tokenizer, prompts)
-    c_ids = _encode(tokenizer, completions)
+    _require_text(completions, columns[1])  # both columns before any tokenizing
+    p_ids = _encode(tokenizer, prompts, columns[0])
+    c_ids = _encode(tokenizer, completions, columns[1])
     for p, c in zip(p_ids, c_ids, strict=True):
         ids = start + p + c + end
         mask = [False] * (len(start) + len(p)) + [True] * (len(c) + len(end))
@@ -113,7 +132,7 @@ def tokenize_example(
 ) -> Example:
     """Tokenize one record in a resolved `mode` (see `detect_mode`)."""
     if mode == "text":
-        return tokenize_texts([record[text_column]], tokenizer)[0]
+        return tokenize_texts([record[text_column]], tokenizer, text_column)[0]
     if mode == "prompt_completion":
         prompt, completion = record[prompt_column], record[completion_column]
         if isinstance(prompt, list) and isinstance(completion, list):
@@ -124,7 +143,9 @@ def tokenize_example(
                 f"data: `{prompt_column}` and `{completion_column}` must both be strings or "
                 "both be lists of {role, content} messages"
             )
-        return tokenize_pairs([prompt], [completion], tokenizer)[0]
+        return tokenize_pairs(
+            [prompt], [completion], tokenizer, (prompt_column, completion_column)
+        )[0]
     if mode == "messages":
         msgs = _clean(record[messages_column], messages_column)
         targets = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]

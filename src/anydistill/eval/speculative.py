@@ -402,19 +402,21 @@ def load_prompt_texts(
 ) -> list[str]:
     """Prompt strings from a data file (jsonl/json/parquet/txt/saved dataset).
 
-    Without `column`, the first of `prompt`, `question`, `text` present is used.
+    Without `column`, the first of `prompt`, `question`, `text` present is used. A prompt
+    that is not text is refused (naming its file, line and column); empty ones are sifted
+    as training data is (`anydistill.data.loading.sift_records`).
     """
-    from anydistill.data.loading import load_records
+    from anydistill.data.loading import load_located, string_column
 
-    ds = load_records(path, max_examples=max_prompts, field="prompts")
+    ds, origin = load_located(path, max_examples=max_prompts, field="--data")
     names = [column] if column else [c for c in PROMPT_COLUMNS if c in ds.column_names]
     if not names or names[0] not in ds.column_names:
         wanted = column or " or ".join(PROMPT_COLUMNS)
         raise DataError(
-            f"prompts: {path} has no `{wanted}` column (columns: {', '.join(ds.column_names)}); "
-            "rename it or name the column"
+            f"--data: {path} has no `{wanted}` column (columns: {', '.join(ds.column_names)}); "
+            "rename it or name the column with --column"
         )
-    return [str(x) for x in ds[names[0]]]
+    return string_column(ds, origin, names[0], "--data")
 
 
 def encode_prompts(tokenizer: Any, texts: list[str], device: Any = "cpu") -> list[Tensor]:

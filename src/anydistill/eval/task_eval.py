@@ -7,7 +7,7 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from anydistill.errors import ConfigError, DataError
+from anydistill.errors import ConfigError
 from anydistill.eval.generation import greedy_completions
 from anydistill.eval.tasks import detect_task, load_task_records, score_task
 
@@ -23,10 +23,7 @@ def task_scores(
 
     Keys: `task/kind`, `task/n`, and `<model>/task_score` for each model given.
     """
-    try:
-        records = load_task_records(path)
-    except FileNotFoundError:
-        raise DataError(f"--task: {path} does not exist; give a task file or folder") from None
+    records = load_task_records(path, "--task")  # one sentence for every bad file
     records = records[:max_records] if max_records else records
     kind = detect_task(records)
     out: dict[str, Any] = {"task/kind": kind, "task/n": len(records)}

@@ -19,6 +19,7 @@ import ast
 import gzip
 import json
 import os
+import zlib
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
@@ -29,6 +30,7 @@ from anydistill.errors import DataError
 from anydistill.eval.answers import answers_match, extract_answer
 from anydistill.eval.rouge import rouge_l
 from anydistill.eval.sandbox import humaneval_pass
+from anydistill.paths import check_readable_file, decode_utf8, read_text
 
 __all__ = [
     "TASK_KINDS",
@@ -196,30 +198,64 @@ def arithmetic_value(expression: str) -> Fraction:
     return value(tree)
 
 
-def _read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a .jsonl / .jsonl.gz / .json file (a JSON array, or an object holding one)."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        text = fh.read()
+_TASK_HINT = "a task file holds one JSON object per line (.jsonl) or a JSON array of them (.json)"
+
+
+def _task_text(path: Path, field: str) -> str:
+    """The UTF-8 text of a task file, gunzipped when it ends in .gz."""
+    if path.suffix != ".gz":
+        return read_text(path, field)
+    try:
+        with gzip.open(path, "rb") as fh:
+            raw = fh.read()
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(
+            f"{field}: {path} is not a readable gzip file ({err}); give the task file "
+            "uncompressed or gzip it again"
+        ) from None
+    return decode_utf8(raw, path, field)
+
+
+def _read_rows(path: Path, field: str = "--task") -> list[tuple[str, Any]]:
+    """(where, row) of each row of a .jsonl / .jsonl.gz / .json file (a JSON array, or an
+    object holding one); `where` is `line N` or, inside an object, `record index N`."""
+    text = _task_text(path, field)
     name = path.name[:-3] if path.suffix == ".gz" else path.name
-    if name.endswith(".json"):
+    if not name.endswith(".json"):
+        lines = enumerate(text.splitlines(), start=1)
+        return [
+            (f"line {n}", _json_line(line, n, path, field)) for n, line in lines if line.strip()
+        ]
+    from anydistill.data.loading import json_array_lines  # pulls in `datasets`: only here
+
+    try:
+        if text.lstrip().startswith("["):
+            rows, lines = json_array_lines(text)
+            return [(f"line {n}", row) for n, row in zip(lines, rows, strict=True)]
         data = json.loads(text)
-        if isinstance(data, dict):
-            lists = [v for v in data.values() if isinstance(v, list)]
-            if len(lists) != 1:
-                raise DataError(f"{path}: expected a JSON array of records (or one list in it)")
-            data = lists[0]
-        if not isinstance(data, list):
-            raise DataError(f"{path}: expected a JSON array of records")
-        rows = data
-    else:
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    if not all(isinstance(r, dict) for r in rows):
-        raise DataError(f"{path}: every record must be a JSON object")
-    return rows
+    except json.JSONDecodeError as err:
+        raise DataError(
+            f"{field}: {path} line {err.lineno} is not valid JSON ({err.msg}); {_TASK_HINT}"
+        ) from None
+    lists = [v for v in data.values() if isinstance(v, list)] if isinstance(data, dict) else []
+    if len(lists) != 1:
+        raise DataError(
+            f"{field}: {path} holds neither a JSON array of records nor an object with one list "
+            f"of them; {_TASK_HINT}"
+        )
+    return [(f"record index {i}", row) for i, row in enumerate(lists[0])]
 
 
-def _task_file(path: Path) -> Path:
+def _json_line(line: str, lineno: int, path: Path, field: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DataError(
+            f"{field}: {path} line {lineno} is not valid JSON ({err.msg}); {_TASK_HINT}"
+        ) from None
+
+
+def _task_file(path: Path, field: str) -> Path:
     """A dataset folder's data file (the shared folders hold one plus a LICENSE)."""
     for name in _DATA_FILES:
         if (path / name).is_file():
@@ -227,8 +263,8 @@ def _task_file(path: Path) -> Path:
     found = sorted(p for p in path.iterdir() if p.name.endswith((".jsonl", ".json", ".jsonl.gz")))
     if len(found) != 1:
         raise DataError(
-            f"{path}: expected one .jsonl/.json/.jsonl.gz data file, found {len(found)}; "
-            "pass the file itself"
+            f"{field}: {path} should hold one .jsonl/.json/.jsonl.gz data file, found "
+            f"{len(found)}; pass the file itself"
         )
     return found[0]
 
@@ -289,16 +325,28 @@ def _normalize_record(raw: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_task_records(path: str | Path) -> list[dict[str, Any]]:
+def load_task_records(path: str | Path, field: str = "--task") -> list[dict[str, Any]]:
     """Records of a task file (or a shared dataset folder), each with ``prompt`` and
     ``reference`` added; GSM8K's ``answer`` becomes the final number and the worked
-    solution moves to ``solution``, SVAMP gets ``answer`` / ``solution`` the same way."""
-    path = Path(path)
+    solution moves to ``solution``, SVAMP gets ``answer`` / ``solution`` the same way.
+    `field` names the option in error messages."""
+    path = Path(path).expanduser()
     if path.is_dir():
-        path = _task_file(path)
-    if not path.is_file():
-        raise DataError(f"task file {path} does not exist")
-    records = [_normalize_record(raw) for raw in _read_rows(path)]
+        path = _task_file(path, field)
+    path = check_readable_file(path, field, "give a task .jsonl/.json file or its folder")
+    records = []
+    for where, raw in _read_rows(path, field):
+        if not isinstance(raw, dict):
+            raise DataError(f"{field}: {path} {where} is not a JSON object; {_TASK_HINT}")
+        record = _normalize_record(raw)
+        prompt = record.get("prompt")
+        if not isinstance(prompt, str):
+            what = "has no prompt" if prompt is None else f"has a {type(prompt).__name__} prompt"
+            raise DataError(
+                f"{field}: {path} {where} {what} (columns {sorted(raw)}); give every record a "
+                "string `prompt` (or `question`, `problem` or `instruction`)"
+            )
+        records.append(record)
     if not records:
-        raise DataError(f"{path} holds no records")
+        raise DataError(f"{field}: {path} holds no records")
     return records

@@ -79,17 +79,15 @@ def text_bits_per_byte(
 
 def load_texts(path: str, column: str = "text") -> list[str]:
     """Texts from a .txt file (one per non-empty line) or a record file's `text` column."""
-    from pathlib import Path
-
-    from anydistill.data.loading import load_records
+    from anydistill.data.loading import load_located, string_column
     from anydistill.errors import DataError
+    from anydistill.paths import check_readable_file, read_text
 
-    file = Path(path).expanduser()
-    if not file.exists():
-        raise DataError(f"--texts: {path} does not exist; give a .txt or .jsonl file")
+    hint = "give a .txt or .jsonl file"
+    file = check_readable_file(path, "--texts", hint)
     if file.suffix == ".txt":
-        return [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    ds = load_records(str(file), field="texts")
+        return [line for line in read_text(file, "--texts", hint).splitlines() if line.strip()]
+    ds, origin = load_located(str(file), field="--texts")
     if column not in ds.column_names:
         raise DataError(f"--texts: {path} has no `{column}` column; give a .txt or a text column")
-    return [str(t) for t in ds[column]]
+    return string_column(ds, origin, column, "--texts")
