@@ -105,7 +105,7 @@ def test_output_dir_taken(tmp_path, write_recipe):
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     fails_with(
-        run_cli("train", str(write_recipe(tiny_recipe(output__dir=str(out))))), "output.overwrite"
+        run_cli("train", str(write_recipe(tiny_recipe(output__dir=str(out))))), "did not write"
     )
     assert (out / "notes.txt").read_text() == "mine"
 

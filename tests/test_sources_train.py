@@ -122,9 +122,10 @@ def test_upfront_generation_continues_after_a_crash(tmp_path):
 
     whole = train(cfg("whole")) / "generated" / "teacher.jsonl"
     run = train(cfg("crashed"))
-    # what a kill during generation leaves: config, tokenizer and one chunk of generations
+    # what a kill during generation leaves: the run's marker and lock, its tokenizer and one
+    # chunk of generations (config.yaml is only written once set-up is done)
     for child in run.iterdir():
-        if child.name not in ("config.yaml", "tokenizer", "generated"):
+        if child.name not in (".anydistill-run", ".anydistill-lock", "tokenizer", "generated"):
             shutil.rmtree(child) if child.is_dir() else child.unlink()
     made = run / "generated" / "teacher.jsonl"
     made.write_text("".join(made.read_text().splitlines(keepends=True)[:16]))

@@ -10,20 +10,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from anydistill.errors import ConfigError
+from anydistill.errors import AnydistillError, ConfigError
 
 DIVERGENCE_KINDS = ("fkl", "rkl", "jsd", "tvd", "skl", "srkl", "taid")
-# Cross-tokenizer terms (anydistill.losses.cross) and the `options:` each accepts; beta and
-# temperature are the TermConfig fields. ALM's temperature is its binarisation tau.
-CROSS_OPTIONS: dict[str, tuple[str, ...]] = {
-    "alm": ("divergence", "eps", "debias", "space_threshold"),
-    "uld": (),
-    "gold_hybrid": ("matched_weight", "unmatched_weight"),
-    "mined": (),
-}
-CROSS_KINDS = tuple(CROSS_OPTIONS)
+ALM_DIVERGENCES = ("binary_kl", "binary_reverse_kl")  # anydistill.losses.cross.alm
+CROSS_KINDS = ("alm", "uld", "gold_hybrid", "mined")
+# Softmax temperatures outside this range underflow to a zero loss or overflow (ALM's tau is
+# a binarisation scale, default 100, and gets a wider range).
+TEMPERATURE_RANGE = (0.01, 100.0)
+ALM_TAU_RANGE = (0.01, 1.0e4)
 TERM_KINDS = (*DIVERGENCE_KINDS, "contrastive", "ce", *CROSS_KINDS)
 SOURCE_KINDS = (
     "dataset",
@@ -37,6 +41,36 @@ SOURCE_KINDS = (
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AlmOptions(Strict):
+    divergence: Literal["binary_kl", "binary_reverse_kl"] = "binary_kl"
+    eps: float = Field(1e-6, gt=0.0)
+    debias: bool = False
+    space_threshold: float = Field(0.1, ge=0.0)
+
+
+class GoldHybridOptions(Strict):
+    matched_weight: float | None = Field(None, ge=0.0)
+    unmatched_weight: float | None = Field(None, ge=0.0)
+
+
+class NoOptions(Strict):
+    pass
+
+
+# Cross-tokenizer terms (anydistill.losses.cross) and the `options:` each accepts; beta and
+# temperature are the TermConfig fields. ALM's temperature is its binarisation tau.
+CROSS_OPTION_MODELS: dict[str, type[Strict]] = {
+    "alm": AlmOptions,
+    "uld": NoOptions,
+    "gold_hybrid": GoldHybridOptions,
+    "mined": NoOptions,
+}
+CROSS_OPTIONS: dict[str, tuple[str, ...]] = {
+    kind: tuple(model.model_fields) for kind, model in CROSS_OPTION_MODELS.items()
+}
+assert tuple(CROSS_OPTIONS) == CROSS_KINDS
 
 
 class TokenizerTrain(Strict):
@@ -123,6 +157,32 @@ class DataConfig(Strict):
         return self
 
 
+class ScheduleConfig(Strict):
+    """A term weight's schedule (anydistill.losses.schedules.WeightSchedule)."""
+
+    kind: Literal["constant", "linear", "cosine"]
+    start: float
+    end: float
+    steps: int | None = Field(None, ge=1)  # default: the rest of the run after warmup
+    warmup_steps: int = Field(0, ge=0)
+
+
+class TaidConfig(Strict):
+    """TAID's interpolation schedule (anydistill.losses.taid.TaidSchedule)."""
+
+    t_start: float = Field(0.4, ge=0.0, le=1.0)
+    t_end: float = Field(1.0, ge=0.0, le=1.0)
+    alpha: float = Field(5e-4, ge=0.0, le=1.0)
+    beta: float = Field(0.99, ge=0.0, lt=1.0)
+    adaptive: bool = True
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TaidConfig:
+        if self.t_start > self.t_end:
+            raise ValueError(f"t_start ({self.t_start}) must not exceed t_end ({self.t_end})")
+        return self
+
+
 class TermConfig(Strict):
     kind: Literal[
         "fkl",
@@ -144,8 +204,8 @@ class TermConfig(Strict):
     temperature: float = Field(1.0, gt=0.0)  # alm: the binarisation tau, default 100
     beta: float = Field(0.5, ge=0.0, le=1.0)
     alpha: float = Field(0.1, ge=0.0, le=1.0)
-    schedule: dict[str, Any] | None = None
-    taid: dict[str, Any] | None = None
+    schedule: ScheduleConfig | None = None
+    taid: TaidConfig | None = None
     options: dict[str, Any] | None = None  # cross-tokenizer terms only (CROSS_OPTIONS)
 
     @model_validator(mode="before")
@@ -159,15 +219,34 @@ class TermConfig(Strict):
     def _ce_temperature(self) -> TermConfig:
         if self.kind == "ce" and self.temperature != 1.0:
             raise ValueError("a `ce` term is on hard labels and takes no temperature")
+        low, high = ALM_TAU_RANGE if self.kind == "alm" else TEMPERATURE_RANGE
+        if not low <= self.temperature <= high:
+            what = "ALM's tau" if self.kind == "alm" else "a softmax temperature"
+            raise ValueError(
+                f"temperature {self.temperature} is outside [{low:g}, {high:g}], where {what} "
+                "keeps the loss finite and informative"
+            )
+        if self.taid is not None and self.kind != "taid":
+            raise ValueError(f"`taid` only applies to a taid term, not {self.kind}")
         if self.options and self.kind not in CROSS_OPTIONS:
             raise ValueError(f"`options` only applies to cross-tokenizer terms, not {self.kind}")
         if self.options:
-            allowed = CROSS_OPTIONS[self.kind]
-            unknown = sorted(set(self.options) - set(allowed))
-            if unknown:
-                takes = ", ".join(allowed) or "none"
-                raise ValueError(f"{self.kind} does not take options {unknown}; it takes: {takes}")
+            self._check_options(CROSS_OPTION_MODELS[self.kind])
         return self
+
+    def _check_options(self, model: type[Strict]) -> None:
+        try:
+            model.model_validate(self.options)
+        except ValidationError as err:
+            first = err.errors()[0]
+            key = ".".join(str(p) for p in first["loc"])
+            if first["type"] == "extra_forbidden":
+                takes = ", ".join(CROSS_OPTIONS[self.kind]) or "none"
+                raise ValueError(
+                    f"{self.kind} does not take option `{key}`; it takes: {takes}"
+                ) from None
+            msg = first["msg"].removeprefix("Value error, ")
+            raise ValueError(f"options.{key}: {msg} (got {first.get('input')!r})") from None
 
 
 class TokenSelectionConfig(Strict):
@@ -245,9 +324,16 @@ class SourceConfig(Strict):
     def generates(self) -> bool:
         return self.kind != "dataset"
 
+    def uses_dataset_completions(self) -> bool:
+        """False when every training completion is generated (the data need only prompts)."""
+        if self.kind in ("teacher_generated", "student_generated"):
+            return False
+        off_policy_kinds = ("mixture", "adaptive_replay", "paired")
+        return not (self.kind in off_policy_kinds and self.off_policy == "teacher")
+
 
 class TrainConfig(Strict):
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
     max_steps: int = Field(100, ge=1)
     micro_batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
@@ -263,13 +349,24 @@ class TrainConfig(Strict):
     gradient_checkpointing: bool = False
     compile: bool = False
     log_every: int = Field(10, ge=1)
-    save_every: int = Field(0, ge=0)
+    # Checkpoints: every `save_every` steps and every `save_minutes` minutes (0 turns either
+    # off), and always at the last step, so a stopped run resumes losing little.
+    save_every: int = Field(500, ge=0)
+    save_minutes: float = Field(30.0, ge=0.0)
     keep_checkpoints: int = Field(2, ge=1)
     stop_at_step: int | None = Field(None, ge=1)
     tensorboard: bool = False
     wandb: bool = False
     wandb_project: str = "anydistill"
     progress: bool = True
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        for beta in betas:
+            if not 0.0 <= beta < 1.0:
+                raise ValueError(f"AdamW's betas must each be in [0, 1), got {beta}")
+        return betas
 
 
 class EvalConfig(Strict):
@@ -409,9 +506,9 @@ def _explain(err: ValidationError) -> str:
     msg = first["msg"].removeprefix("Value error, ")
     got = first.get("input")
     where = f"`{key}`" if key else "config"
-    if kind.endswith("_type") or kind.endswith("_parsing") or kind == "literal_error":
-        return f"{where}: {msg} (got {got!r})"
-    return f"{where}: {msg}"
+    if kind.startswith("value_error") or kind == "assertion_error":
+        return f"{where}: {msg}"
+    return f"{where}: {msg} (got {got!r})"
 
 
 def parse_value(text: str) -> Any:
@@ -460,16 +557,48 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML recipe, apply overrides, validate. Raises ConfigError with one sentence."""
+    from anydistill.paths import read_text
+
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist: pass the path to a YAML recipe")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = read_text(path, "config", hint="pass the path to a YAML recipe")
+    except AnydistillError as err:
+        raise ConfigError(str(err)) from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}".splitlines()[0]) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping with sections teacher, student, data, ...")
     data = apply_overrides(data, overrides or [])
+    return config_from_dict(data)
+
+
+def _local(value: str | None) -> str | None:
+    """An existing or path-looking local path made absolute; hub ids stay as they are."""
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if value.startswith((".", "/", "~")) or path.exists():
+        return str(path.resolve())
+    return value
+
+
+def resolve_paths(cfg: RunConfig) -> RunConfig:
+    """The config with every local path absolute, so that what a run saves in its
+    config.yaml still finds the teacher, data and store from another working directory."""
+    data = cfg.model_dump(mode="json", by_alias=True)
+    for side in ("teacher", "student"):
+        data[side]["path"] = _local(data[side]["path"])
+        if isinstance(data[side]["tokenizer"], str):
+            data[side]["tokenizer"] = _local(data[side]["tokenizer"])
+    for key in ("path", "eval_path"):
+        data["data"][key] = _local(data["data"][key])
+    data["source"]["store"] = _local(data["source"]["store"])
+    data["output"]["dir"] = str(Path(data["output"]["dir"]).expanduser().resolve())
+    selection = data["objective"]["token_selection"]
+    if selection is not None:
+        selection["reference"] = _local(selection["reference"])
     return config_from_dict(data)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from anydistill.data.tokenize import Example
 from anydistill.errors import ConfigError
+from anydistill.paths import check_writable_dir
 from anydistill.sources.completer import Completer
 from anydistill.train.progress import CountProgress
 
@@ -69,17 +70,30 @@ def _complete_chunks(path: Path, chunk: int, total: int) -> list[Example]:
 
 
 def _check_store(store: Path, key: str) -> None:
+    """The store holds generations for exactly these prompts and settings, or is new/empty;
+    a folder holding anything else is refused, never emptied."""
+    check_writable_dir(store, "source.store")
     meta = store / META
     if meta.is_file():
-        saved = json.loads(meta.read_text()).get("fingerprint")
+        try:
+            saved = json.loads(meta.read_text()).get("fingerprint")
+        except (ValueError, AttributeError):
+            raise ConfigError(
+                f"source.store: {meta} is not the fingerprint file generation writes; move "
+                f"{store} away (or point source.store elsewhere) to generate again"
+            ) from None
         if saved != key:
             raise ConfigError(
                 f"source.store: {store} holds teacher generations made for other prompts, "
                 "teacher or sampling settings; delete it or point source.store elsewhere"
             )
         return
+    if store.is_dir() and any(store.iterdir()):
+        raise ConfigError(
+            f"source.store: {store} holds files that are not teacher generations; choose an "
+            "empty or new directory"
+        )
     store.mkdir(parents=True, exist_ok=True)
-    (store / FILE).unlink(missing_ok=True)
     tmp = meta.with_suffix(".tmp")
     tmp.write_text(json.dumps({"fingerprint": key}))
     tmp.replace(meta)

@@ -1,12 +1,17 @@
 """Checkpoints with exact resume: student, optimizer, scheduler, RNG, data position, objective.
 
 Written to `step-N.tmp/` and renamed, so a crash never leaves a half checkpoint that looks
-whole. Tensors go through safetensors / `torch.load(weights_only=True)`: nothing is unpickled.
+whole; `checksums.json`, written last, records the size and sha256 of every other file, so a
+truncated, deleted or bit-flipped file is found on resume and the run falls back to the
+newest checkpoint that is whole. Tensors go through safetensors /
+`torch.load(weights_only=True)`: nothing is unpickled.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import random
 import re
@@ -16,9 +21,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
+from anydistill.errors import TrainingError
+from anydistill.paths import disk_full_message, is_disk_full
+
+log = logging.getLogger(__name__)
+
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+CHECKSUMS = "checksums.json"
+FILES = ("student.safetensors", "trainer.pt", "state.json")
 
 
 def rng_state() -> dict[str, Any]:
@@ -44,6 +57,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """(step, dir) of every finished checkpoint under `root`, oldest first."""
     if not root.is_dir():
         return []
     found = []
@@ -52,6 +66,29 @@ def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
         if match and (child / "state.json").is_file():
             found.append((int(match.group(1)), child))
     return sorted(found)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """About what a checkpoint takes: the weights, plus the optimizer's two moments each."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    trained = sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)
+    return weights + 2 * trained
 
 
 def save_checkpoint(
@@ -63,22 +100,51 @@ def save_checkpoint(
     state: dict[str, Any],
     keep: int,
 ) -> Path:
-    """Write `root/step-N/` atomically and keep only the newest `keep` checkpoints."""
+    """Write `root/step-N/` atomically and keep only the newest `keep` checkpoints.
+
+    Out of disk space (or any other write error) the partial checkpoint is removed and a
+    TrainingError names the file; the earlier checkpoints are left as they were."""
     final = root / f"step-{step}"
     tmp = root / f"step-{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "student.safetensors"))  # handles tied embeddings
-    torch.save(
-        {
+    current = tmp
+    try:
+        tmp.mkdir(parents=True)
+        current = tmp / "student.safetensors"
+        save_model(model, str(current))  # handles tied embeddings
+        current = tmp / "trainer.pt"
+        trainer = {
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng": rng_state(),
-        },
-        tmp / "trainer.pt",
-    )
-    (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=1))
-    if final.exists():
+        }
+        torch.save(trainer, current)
+        current = tmp / "state.json"
+        current.write_text(json.dumps({"step": step, **state}, indent=1))
+        sums = {}
+        for name in FILES:
+            _fsync(tmp / name)
+            sums[name] = {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+        current = tmp / CHECKSUMS
+        current.write_text(json.dumps(sums, indent=1))
+        _fsync(current)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = list_checkpoints(root)
+        survives = (
+            f"{kept[-1][1].name} and older checkpoints are intact; rerun the same command to "
+            "resume from there"
+            if kept
+            else "no earlier checkpoint exists"
+        )
+        if is_disk_full(err):
+            raise TrainingError(
+                disk_full_message(current, _state_bytes(model, optimizer), survives)
+            ) from None
+        raise TrainingError(
+            f"cannot write checkpoint file {current} ({err.strerror or err}); {survives}"
+        ) from None
+    if final.exists():  # the same step saved again (a resumed run passing it once more)
         shutil.rmtree(final)
     os.replace(tmp, final)
     for _, old in list_checkpoints(root)[:-keep]:
@@ -86,11 +152,72 @@ def save_checkpoint(
     return final
 
 
+def checkpoint_problem(path: Path) -> str | None:
+    """Why the checkpoint in `path` cannot be trusted, or None when it is whole."""
+    sums_path = path / CHECKSUMS
+    if not sums_path.is_file():  # written before checksums existed: check what we can
+        missing = [n for n in FILES if not (path / n).is_file()]
+        return f"{missing[0]} is missing" if missing else None
+    try:
+        sums = json.loads(sums_path.read_text())
+    except (OSError, ValueError):
+        return f"{CHECKSUMS} is unreadable"
+    for name in FILES:
+        file = path / name
+        expected = sums.get(name) or {}
+        if not file.is_file():
+            return f"{name} is missing"
+        size = file.stat().st_size
+        if size != expected.get("bytes"):
+            return f"{name} has {size} bytes, {expected.get('bytes')} were written"
+        if _sha256(file) != expected.get("sha256"):
+            return f"{name} fails its checksum"
+    return None
+
+
+class UnreadableCheckpoint(Exception):
+    """A checkpoint file that passed (or had no) checksum but still cannot be read."""
+
+
 def load_checkpoint(path: Path, model: torch.nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
     """Load the student in place; return (trainer state: optimizer/scheduler/rng, json state)."""
-    load_model(
-        model, str(path / "student.safetensors"), device=str(next(model.parameters()).device)
-    )
-    trainer = torch.load(path / "trainer.pt", weights_only=True, map_location="cpu")
-    state = json.loads((path / "state.json").read_text())
+    try:
+        state = json.loads((path / "state.json").read_text())
+        trainer = torch.load(path / "trainer.pt", weights_only=True, map_location="cpu")
+    except Exception as err:  # json, zip and unpickling errors vary with the damage
+        raise UnreadableCheckpoint(str(err).strip().splitlines()[0][:120]) from None
+    try:
+        load_model(
+            model, str(path / "student.safetensors"), device=str(next(model.parameters()).device)
+        )
+    except SafetensorError as err:
+        raise UnreadableCheckpoint(str(err)[:120]) from None
+    except RuntimeError as err:  # missing, unexpected or differently shaped tensors
+        first = str(err).strip().splitlines()[0]
+        raise TrainingError(
+            f"output.dir: the checkpoint {path} holds a student of another shape ({first[:160]}); "
+            "resume with the student the run started with, or start over with "
+            "output.overwrite=true"
+        ) from None
     return trainer, state
+
+
+def load_latest(root: Path, model: torch.nn.Module) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """The newest whole checkpoint, loaded (student in place); a damaged one is skipped with a
+    warning naming the file. Raises TrainingError when none is usable."""
+    found = list_checkpoints(root)
+    problems = []
+    for _, path in reversed(found):
+        why = checkpoint_problem(path)
+        if why is None:
+            try:
+                trainer, state = load_checkpoint(path, model)
+                return path, trainer, state
+            except UnreadableCheckpoint as err:
+                why = f"it cannot be read ({err})"
+        problems.append(f"{path.name}: {why}")
+        log.warning("checkpoint %s is unusable (%s); trying an older one", path, why)
+    raise TrainingError(
+        f"output.dir: no checkpoint in {root} is usable ({'; '.join(problems[:2])}); start over "
+        "with output.overwrite=true or choose another output.dir"
+    )

@@ -1,16 +1,20 @@
 """The training loop on accelerate: read it top to bottom.
 
-setup -> source -> (resume) -> for each step: source batches -> train_step -> optimizer ->
-log / eval / save -> final eval, final/ student, report.
+open the run directory -> start (setup, resume) -> for each step: source batches ->
+train_step -> optimizer -> guards -> log / eval / save -> final eval, final/ student, report.
 
 The source (anydistill.sources) decides where each micro-batch's sequences come from: the
 dataset, or completions sampled from the teacher or the current student. Time it spends
 generating is logged as `gen_s`, apart from the training step's own time.
+
+A first Ctrl-C (or SIGTERM, e.g. a cluster's pre-emption notice) finishes the current step,
+saves a checkpoint and stops; a second one stops at once.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -21,66 +25,33 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object, set_seed
 
-from anydistill.config import RunConfig, dump_config
-from anydistill.data import BatchStream
-from anydistill.errors import AnydistillError, ConfigError, TrainingError
+from anydistill.config import RunConfig, resolve_paths
+from anydistill.errors import AnydistillError, TrainingError
 from anydistill.eval.cross_metrics import evaluate_cross
 from anydistill.eval.metrics import evaluate
-from anydistill.losses.objective import Objective, TermSpec
 from anydistill.models.heads import HiddenStates, unwrap
-from anydistill.models.loading import freeze
 from anydistill.models.lora import merged_for_saving
-from anydistill.sources import Source, SourceParts, build_source
-from anydistill.train.checkpoint import (
-    list_checkpoints,
-    load_checkpoint,
-    save_checkpoint,
-    set_rng_state,
-)
-from anydistill.train.cross_setup import build_cross_parts
+from anydistill.sources import Source
+from anydistill.train.checkpoint import save_checkpoint
 from anydistill.train.cross_step import cross_train_step
-from anydistill.train.loggers import MetricsLog, truncate_after
-from anydistill.train.optim import build_optimizer, build_scheduler
+from anydistill.train.guards import DeadGradientGuard, nan_message
+from anydistill.train.interrupt import GracefulStop, StoppedByUser
+from anydistill.train.loggers import MetricsLog, rows_up_to
 from anydistill.train.progress import StepProgress
-from anydistill.train.setup import RunParts, build_parts, load_model, pick_device
+from anydistill.train.resume import UNLOGGED
+from anydistill.train.run_dir import RunDir
+from anydistill.train.setup import RunParts, pick_device
+from anydistill.train.start import (
+    Started,
+    check_engine,
+    open_run,
+    start,
+    token_selector,
+    write_config,
+)
 from anydistill.train.step import train_step
 
-# What a run leaves before its first checkpoint; a rerun continues from it (e.g. finishes
-# the teacher's upfront generations) instead of refusing the directory.
-_RESTARTABLE = {"config.yaml", "tokenizer", "generated"}
-
-
-def prepare_run_dir(cfg: RunConfig, accelerator: Accelerator) -> tuple[Path, bool]:
-    """(run dir, fresh?) — refuses to clobber a finished or foreign directory."""
-    run_dir = Path(cfg.output.dir)
-    has_ckpt = bool(list_checkpoints(run_dir / "checkpoints"))
-    fresh = not (has_ckpt and cfg.output.resume) or cfg.output.overwrite
-    if accelerator.is_main_process:
-        found = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
-        restart = cfg.output.resume and not cfg.output.overwrite and found <= _RESTARTABLE
-        if fresh and found and not restart:
-            if not cfg.output.overwrite:
-                why = "output.resume is off" if has_ckpt else "no checkpoint to resume"
-                raise ConfigError(
-                    f"output.dir {run_dir} already holds files and {why}; "
-                    "set output.overwrite=true or choose another output.dir"
-                )
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = run_dir / "config.yaml.tmp"
-        tmp.write_text(dump_config(cfg))
-        tmp.replace(run_dir / "config.yaml")
-    accelerator.wait_for_everyone()
-    return run_dir, fresh
-
-
-def _nan_message(step: int, loss: float, terms: dict[str, float]) -> str:
-    bad = [k for k, v in terms.items() if not math.isfinite(v)]
-    which = f"term `{bad[0]}` is {terms[bad[0]]}" if bad else "every term is finite"
-    return (
-        f"step {step}: the loss is {loss} ({which}); check the data and the teacher for NaN/inf, "
-        "lower train.lr, or use train.precision=fp32"
-    )
+log = logging.getLogger(__name__)
 
 
 def _save_final(run_dir: Path, parts: RunParts) -> None:
@@ -92,65 +63,12 @@ def _save_final(run_dir: Path, parts: RunParts) -> None:
     os.replace(tmp, final)
 
 
-def _build_source(cfg: RunConfig, parts: RunParts, run_dir: Path, acc: Accelerator) -> Source:
-    """The run's source; the teacher is loaded here when only generation needs it."""
-    if parts.cross is not None:
-        from anydistill.sources.cross import CrossSource
-
-        t = cfg.train
-        stream = BatchStream(
-            parts.data.train,
-            t.micro_batch_size,
-            t.seed,
-            rank=acc.process_index,
-            world_size=acc.num_processes,
-        )
-        return CrossSource(stream, parts.teacher_vocab or 0, parts.vocab_size)
-    teacher = parts.teacher
-    if cfg.source.teacher_generates() and teacher is None:
-        seed = cfg.train.seed + 1  # the seed build_parts gives the teacher
-        teacher = freeze(
-            load_model(cfg.teacher, "teacher", parts.vocab_size, acc.device, True, seed)
-        )
-    if cfg.source.kind == "adaptive_replay" and not parts.data.eval:
-        raise ConfigError(
-            "source.kind: adaptive_replay watches the held-out loss, but there is no eval data; "
-            "set data.eval_fraction > 0 or data.eval_path"
-        )
-    source_parts = SourceParts(
-        cfg,
-        parts.tokenizer,
-        unwrap(parts.student),
-        teacher,
-        parts.data.train,
-        run_dir,
-        rank=acc.process_index,
-        world_size=acc.num_processes,
-        progress=cfg.train.progress and acc.is_main_process,
-    )
-    with acc.main_process_first():  # rank 0 writes upfront generations, the others read them
-        return build_source(source_parts, parts.data.mode)
-
-
 def _source_state(source: Source, acc: Accelerator) -> dict:
     """{"source": [state of rank 0, rank 1, ...]}, or {} for sources without state."""
     local = source.state_dict()
     if not local:
         return {}
     return {"source": gather_object([local]) if acc.num_processes > 1 else [local]}
-
-
-def _restore_source(source: Source, state: dict, acc: Accelerator) -> None:
-    saved = state.get("source")
-    if not source.state_dict():
-        return
-    if not saved or len(saved) != acc.num_processes:
-        raise ConfigError(
-            f"source.kind: the checkpoint holds {len(saved or [])} rank states of a "
-            f"`{source.kind}` source but the run has {acc.num_processes} processes; resume "
-            "with the same source and number of processes"
-        )
-    source.load_state_dict(saved[acc.process_index])
 
 
 def _shared(value: dict, acc: Accelerator) -> dict:
@@ -162,64 +80,103 @@ def _shared(value: dict, acc: Accelerator) -> dict:
     return box[0]
 
 
+def _agreed(flags: list[bool], acc: Accelerator) -> list[bool]:
+    """Each flag true on every rank when it is true on any (ranks save and stop together)."""
+    if acc.num_processes == 1:
+        return flags
+    t = torch.tensor([float(f) for f in flags], device=acc.device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return [bool(x) for x in t.tolist()]
+
+
 def train(cfg: RunConfig) -> Path:
     """Run (or resume) one distillation; returns the run directory."""
+    cfg = resolve_paths(cfg)
     device = pick_device(cfg.train.device)
+    check_engine(cfg, device)
     # bf16 autocast is applied in the step itself: accelerate's mixed-precision setting is
     # process-global and could not change between runs of one process (the demo makes three).
     accelerator = Accelerator(cpu=device.type == "cpu")
-    run_dir, fresh = prepare_run_dir(cfg, accelerator)
+    run, mode, changes = open_run(cfg, accelerator)
     try:
-        with accelerator.main_process_first():  # rank 0 trains/saves a tokenizer first
-            build = build_cross_parts if cfg.objective.cross_tokenizer() else build_parts
-            parts = build(cfg, run_dir, accelerator.device)
-        source = _build_source(cfg, parts, run_dir, accelerator)
-    except AnydistillError:
-        if fresh and accelerator.is_main_process:
-            shutil.rmtree(run_dir, ignore_errors=True)  # nothing half-written
-        raise
-    set_seed(cfg.train.seed)
+        return _train(cfg, accelerator, run, mode, changes)
+    finally:
+        if run is not None:
+            run.close()
+
+
+def _open_log(cfg: RunConfig, run_dir: Path, started: Started) -> MetricsLog:
+    keep = started.metrics_rows
+    if keep is None:  # a checkpoint from before rows were counted
+        keep = rows_up_to(run_dir / "metrics.jsonl", started.step)
     t = cfg.train
-    objective = Objective([TermSpec(**x.model_dump()) for x in cfg.objective.terms], t.max_steps)
-    optimizer = build_optimizer(parts.student, t.lr, t.weight_decay, t.betas)
-    scheduler = build_scheduler(
-        optimizer, t.warmup_steps, t.max_steps, t.lr_schedule, t.min_lr_ratio
+    return MetricsLog(
+        run_dir / "metrics.jsonl",
+        t.tensorboard,
+        t.wandb,
+        t.wandb_project,
+        cfg.model_dump(mode="json"),
+        keep_rows=keep,
     )
-    stream = source.stream
-    step = 0
-    checkpoints = list_checkpoints(run_dir / "checkpoints")
-    if checkpoints and not fresh:
-        trainer_state, state = load_checkpoint(checkpoints[-1][1], parts.student)
-        optimizer.load_state_dict(trainer_state["optimizer"])
-        scheduler.load_state_dict(trainer_state["scheduler"])
-        set_rng_state(trainer_state["rng"])
-        stream.load_state_dict(state["data"])
-        _restore_source(source, state, accelerator)
-        objective.load_state_dict(state["objective"])
-        step = state["step"]
-        if accelerator.is_main_process:
-            truncate_after(run_dir / "metrics.jsonl", step)
+
+
+def _train(
+    cfg: RunConfig, accelerator: Accelerator, run: RunDir | None, mode: str, changes: dict
+) -> Path:
+    run_dir = Path(cfg.output.dir)
+    main = accelerator.is_main_process
+    try:
+        started = start(cfg, accelerator, mode)
+        if _finished(run_dir, started.step, cfg):
+            log.warning(
+                "%s already finished at step %d; raise train.max_steps to go on",
+                run_dir,
+                started.step,
+            )
+            return run_dir
+        selector = token_selector(cfg, started.parts, accelerator.device)
+        metrics = _open_log(cfg, run_dir, started) if main else None
+    except (AnydistillError, KeyboardInterrupt):
+        if run is not None:
+            run.abandon()  # the directory as it was, generated samples kept
+        raise
+    if run is not None:
+        write_config(cfg, run_dir)
+        run.commit()
+    logged = {k: v for k, v in changes.items() if k not in UNLOGGED}
+    if metrics is not None and logged:
+        metrics.write({"kind": "config", "step": started.step, "changed": logged})
+    try:
+        return _loop(cfg, accelerator, started, selector, metrics)
+    finally:
+        if metrics is not None:
+            metrics.close()
+
+
+def _finished(run_dir: Path, step: int, cfg: RunConfig) -> bool:
+    """A rerun of a run that already wrote everything it writes at its last step."""
+    done = (run_dir / "eval.json").is_file() and (
+        (run_dir / "final").is_dir() or not cfg.output.save_final
+    )
+    return step == cfg.train.max_steps and done
+
+
+def _loop(cfg, accelerator, started: Started, selector, metrics: MetricsLog | None) -> Path:
+    run_dir = Path(cfg.output.dir)
+    parts, source, objective = started.parts, started.source, started.objective
+    optimizer, scheduler, stream = started.optimizer, started.scheduler, started.source.stream
+    step, t = started.step, cfg.train
+    if step == 0:  # a resumed run's RNG state came from its checkpoint
+        set_seed(t.seed)
     # The teacher runs in the step only when a term needs it (eval may still use it).
     step_teacher = parts.teacher if objective.needs_teacher() else None
-    selector = _token_selector(cfg, parts, accelerator.device)
     model = HiddenStates(parts.student)
     if t.compile:
         model = torch.compile(model)
     model = accelerator.prepare(model)
     pad_id = parts.tokenizer.pad_token_id if parts.tokenizer.pad_token_id is not None else 0
-    log = (
-        MetricsLog(
-            run_dir / "metrics.jsonl",
-            t.tensorboard,
-            t.wandb,
-            t.wandb_project,
-            cfg.model_dump(mode="json"),
-        )
-        if accelerator.is_main_process
-        else None
-    )
-    if log is not None and source.upfront_s > 0:
-        log.write(
+    if metrics is not None and source.upfront_s > 0:
+        metrics.write(
             {
                 "kind": "generate",
                 "step": step,
@@ -252,15 +209,41 @@ def train(cfg: RunConfig) -> Path:
                 pad_id,
                 cfg.objective.chunk_size,
             )
-        if log is not None and result:
-            log.write({"kind": "eval", "step": at, **result})
+        if metrics is not None and result:
+            metrics.write({"kind": "eval", "step": at, **result})
         return result
 
+    def save(at: int) -> None:
+        extra = _source_state(source, accelerator)
+        if accelerator.is_main_process:
+            state = {
+                "data": stream.state_dict(),
+                "objective": objective.state_dict(),
+                "data_fingerprint": started.fingerprint,
+                "metrics_rows": metrics.rows if metrics is not None else 0,
+                "progress": {"tokens": tokens_seen, "train_s": train_total, "elapsed_s": elapsed()},
+                **extra,
+            }
+            checkpoints = run_dir / "checkpoints"
+            save_checkpoint(
+                checkpoints, at, unwrap(model), optimizer, scheduler, state, t.keep_checkpoints
+            )
+        accelerator.wait_for_everyone()
+
+    done = started.progress
+    tokens_seen = int(done.get("tokens", 0))
+    train_total = train_logged = float(done.get("train_s", 0.0))
+    resumed_at, elapsed_before = time.perf_counter(), float(done.get("elapsed_s", 0.0))
+
+    def elapsed() -> float:
+        return elapsed_before + time.perf_counter() - resumed_at
+
     progress = StepProgress(t.max_steps, step, enabled=t.progress and accelerator.is_main_process)
-    start, tokens_seen = time.perf_counter(), 0
     generating = cfg.source.kind != "dataset"
-    train_total = train_logged = 0.0
-    with progress:
+    dead = DeadGradientGuard(t.lr)
+    last_save = time.monotonic()
+    stopper = GracefulStop()
+    with progress, stopper:
         while step < t.max_steps:
             terms = objective.active_terms(step)
             batches = source.batches(step, t.grad_accum)
@@ -295,7 +278,8 @@ def train(cfg: RunConfig) -> Path:
                     selector=selector,
                 )
             if not math.isfinite(result.loss):
-                raise TrainingError(_nan_message(step + 1, result.loss, result.terms))
+                raise TrainingError(nan_message(step + 1, result.loss, result.terms))
+            dead.check(step + 1, result.loss, result.grad_norm)
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
@@ -312,12 +296,12 @@ def train(cfg: RunConfig) -> Path:
                 gen_s=source.gen_seconds() if generating else None,
                 train_s=train_total,
             )
-            if log is not None and (step % t.log_every == 0 or step == t.max_steps):
+            if metrics is not None and (step % t.log_every == 0 or step == t.max_steps):
                 tokens = max(result.stats.get("tokens", 0.0), 1.0)
                 # generation vs training seconds over the interval since the previous row
                 source_row = {**source.take_metrics(), "train_s": train_total - train_logged}
                 train_logged = train_total
-                log.write(
+                metrics.write(
                     {
                         "kind": "train",
                         "step": step,
@@ -332,7 +316,7 @@ def train(cfg: RunConfig) -> Path:
                         ),
                         "tokens": tokens_seen,
                         "tokens_per_s": result.tokens / max(step_s, 1e-9),
-                        "elapsed_s": time.perf_counter() - start,
+                        "elapsed_s": elapsed(),
                         **source_row,
                     }
                 )
@@ -341,23 +325,14 @@ def train(cfg: RunConfig) -> Path:
                 accelerator.wait_for_everyone()
                 source.observe_eval(_shared(result_eval, accelerator))
             stop_here = t.stop_at_step == step
-            if (t.save_every and step % t.save_every == 0) or stop_here:
-                extra = _source_state(source, accelerator)
-                if accelerator.is_main_process:
-                    save_checkpoint(
-                        run_dir / "checkpoints",
-                        step,
-                        unwrap(model),
-                        optimizer,
-                        scheduler,
-                        {
-                            "data": stream.state_dict(),
-                            "objective": objective.state_dict(),
-                            **extra,
-                        },
-                        keep=t.keep_checkpoints,
-                    )
-                accelerator.wait_for_everyone()
+            due = t.save_minutes > 0 and time.monotonic() - last_save >= 60 * t.save_minutes
+            due, interrupted = _agreed([due, stopper.requested], accelerator)
+            periodic = t.save_every and step % t.save_every == 0
+            if periodic or due or stop_here or interrupted or step == t.max_steps:
+                save(step)
+                last_save = time.monotonic()
+            if interrupted:
+                raise StoppedByUser(step, run_dir)
             if stop_here:
                 break
     if accelerator.is_main_process and step == t.max_steps:
@@ -371,24 +346,5 @@ def train(cfg: RunConfig) -> Path:
             from anydistill.report import write_report
 
             write_report(run_dir)
-    if log is not None:
-        log.close()
     accelerator.wait_for_everyone()
     return run_dir
-
-
-def _token_selector(cfg: RunConfig, parts, device: torch.device):
-    """AdaSPEC's selector with its frozen reference drafter, when the objective asks for it."""
-    spec = cfg.objective.token_selection
-    if spec is None:
-        return None
-    from anydistill.eval.speculate_cmd import model_dir
-    from anydistill.models.loading import load_pretrained
-    from anydistill.models.tokenizer import check_same_tokenizer, load_tokenizer
-    from anydistill.train.selection import TokenSelector
-
-    path = model_dir(spec.reference)
-    field = "objective.token_selection.reference"
-    check_same_tokenizer(parts.tokenizer, load_tokenizer(path, field=field))
-    reference = freeze(load_pretrained(path, field=field, dtype=torch.float32).to(device))
-    return TokenSelector(reference, spec.keep, parts.vocab_size)

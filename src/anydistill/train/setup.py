@@ -139,7 +139,8 @@ def _check_student_tokenizer(mc: ModelConfig, teacher_tok: PreTrainedTokenizerBa
 
 def raw_data_and_tokenizer(cfg: RunConfig, run_dir: Path):
     """(train_ds, eval_ds, tokenizer): the data as loaded and the run's (teacher) tokenizer."""
-    train_ds, eval_ds = load_raw(cfg.data, cfg.train.seed)
+    prompts_only = not cfg.source.uses_dataset_completions()
+    train_ds, eval_ds = load_raw(cfg.data, cfg.train.seed, prompts_only=prompts_only)
     from anydistill.data.tokenize import detect_mode
 
     d = cfg.data
@@ -176,6 +177,7 @@ def build_parts(cfg: RunConfig, run_dir: Path, device: torch.device) -> RunParts
     if needs_teacher and cfg.teacher.kind == "cache":
         from anydistill.teachers.cache.reader import CachedTeacher
 
+        _check_sparse_terms(cfg)
         teacher = CachedTeacher(cfg.teacher.path or "", cfg.teacher.tail)
     elif needs_teacher:
         teacher = load_model(cfg.teacher, "teacher", vocab, device, frozen=True, seed=seed + 1)
@@ -195,6 +197,20 @@ def build_parts(cfg: RunConfig, run_dir: Path, device: torch.device) -> RunParts
         keys = [example_key(ex) for ex in data.train]
         teacher.cache.check_compatible(tokenizer, cfg.data.seq_len, keys)
     return RunParts(tokenizer, teacher, student, data, vocab)
+
+
+def _check_sparse_terms(cfg: RunConfig) -> None:
+    """Terms a top-k cache cannot serve are refused before any weights load, not at step 1."""
+    from anydistill.losses.sparse import refusal
+
+    for i, term in enumerate(cfg.objective.terms):
+        why = (
+            None
+            if term.kind == "ce"
+            else refusal(term.kind, term.temperature, term.beta, term.alpha, cfg.teacher.tail)
+        )
+        if why is not None:
+            raise ConfigError(f"objective.terms.{i}: {why} (teacher.tail is {cfg.teacher.tail})")
 
 
 def finish_student(

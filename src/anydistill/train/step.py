@@ -210,8 +210,11 @@ def accumulate(
     packed = torch.stack([total, *[term_sums[k] for k in keys], *[stat_sums[k] for k in skeys]])
     packed = accelerator.reduce(packed.float(), reduction="sum").tolist()
     grad_norm = None
-    if max_grad_norm is not None and all(map(_finite, packed[: 1 + len(keys)])):
-        grad_norm = float(accelerator.clip_grad_norm_(student.parameters(), max_grad_norm))
+    if all(map(_finite, packed[: 1 + len(keys)])):
+        # Measured even without clipping (an infinite limit scales by exactly 1): the run's
+        # guards need it to tell a dead student from a learning one.
+        limit = max_grad_norm if max_grad_norm is not None else float("inf")
+        grad_norm = float(accelerator.clip_grad_norm_(student.parameters(), limit))
     return StepResult(
         loss=packed[0],
         terms=dict(zip(keys, packed[1 : 1 + len(keys)], strict=True)),
