@@ -6,6 +6,7 @@ pydantic models; the CLI and the trainer translate them into plain arguments.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -495,12 +496,26 @@ def _format_location(loc: tuple[Any, ...]) -> str:
 
 
 def _explain(err: ValidationError) -> str:
-    """Turn pydantic's report into one sentence that names the first bad key."""
-    first = err.errors()[0]
+    """Turn pydantic's report into one sentence that names the first bad key (a misspelt key
+    first: it is also why a required key looks missing)."""
+    errors = err.errors()
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     key = _format_location(first["loc"])
     kind = first["type"]
     if kind == "extra_forbidden":
-        return f"unknown key `{key}`: check its spelling against the README's recipe reference"
+        parent = first["loc"][:-1]
+        missing = [
+            str(e["loc"][-1])
+            for e in errors
+            if e["type"] == "missing" and tuple(e["loc"][:-1]) == tuple(parent)
+        ]
+        close = difflib.get_close_matches(str(first["loc"][-1]), missing, n=1)
+        hint = (
+            f"did you mean `{close[0]}`?"
+            if close
+            else "check its spelling against the README's recipe reference"
+        )
+        return f"unknown key `{key}`: {hint}"
     if kind == "missing":
         return f"missing required key `{key}`"
     msg = first["msg"].removeprefix("Value error, ")
