@@ -61,7 +61,7 @@ def rows(run: Path) -> list[dict]:
 
 def comparable(run: Path) -> list[dict]:
     """The log without wall-clock columns."""
-    drop = ("tokens_per_s", "elapsed_s", "train_s")
+    drop = ("tokens_per_s", "elapsed_s", "train_s", "gen_s")
     return [{k: v for k, v in r.items() if k not in drop} for r in rows(run)]
 
 
@@ -275,5 +275,44 @@ def test_ctrl_c_mid_run_saves_and_the_same_command_resumes(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     ok(recipe(tmp_path, "whole", **changes))
+    assert same_weights(tmp_path / "cut", tmp_path / "whole")
+    assert comparable(tmp_path / "cut") == comparable(tmp_path / "whole")
+
+
+class Killed(BaseException):
+    """What kill -9 leaves: no handler runs, only the kernel releases the lock."""
+
+
+@pytest.mark.parametrize("name", ["fkl", "seqkd", "replay", "cross_tokenizer_alm", "lora"])
+def test_shipped_recipes_restart_after_a_kill_before_their_first_checkpoint(
+    tmp_path, monkeypatch, name
+):
+    import anydistill.train.loop as loop
+    from anydistill.config import config_from_dict
+    from anydistill.train.loop import train
+
+    def cfg(run: str):
+        changes = {**BASE, "train__save_every": 0, "train__max_steps": 4, "eval__every": 2}
+        changes["output__dir"] = str(tmp_path / run)
+        if name == "seqkd":
+            changes["source__generation"] = {"max_new_tokens": 8, "batch_size": 16}
+        return config_from_dict(tiny_recipe(name, **changes))
+
+    step = "cross_train_step" if name.startswith("cross") else "train_step"
+    real, calls = getattr(loop, step), []
+
+    def dies_at_step_three(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise Killed
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, step, dies_at_step_three)
+    with pytest.raises(Killed):
+        train(cfg("cut"))
+    assert not (tmp_path / "cut" / "checkpoints").exists()
+    monkeypatch.setattr(loop, step, real)
+    train(cfg("cut"))
+    train(cfg("whole"))
     assert same_weights(tmp_path / "cut", tmp_path / "whole")
     assert comparable(tmp_path / "cut") == comparable(tmp_path / "whole")

@@ -175,7 +175,8 @@ def _loop(cfg, accelerator, started: Started, selector, metrics: MetricsLog | No
         model = torch.compile(model)
     model = accelerator.prepare(model)
     pad_id = parts.tokenizer.pad_token_id if parts.tokenizer.pad_token_id is not None else 0
-    if metrics is not None and source.upfront_s > 0:
+    upfront = cfg.source.teacher_generates() and cfg.source.mode == "upfront"
+    if metrics is not None and upfront and step == 0:  # a restart finds them made: 0 s
         metrics.write(
             {
                 "kind": "generate",
