@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -247,7 +246,7 @@ def test_ctrl_c_during_start_up_leaves_nothing(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_ctrl_c_mid_run_saves_and_the_same_command_resumes(tmp_path):
-    changes = dict(train__max_steps=300, train__save_every=0, data__synthetic_size=400)
+    changes = dict(train__max_steps=80, train__save_every=0, data__synthetic_size=200)
     path = recipe(tmp_path, "cut", **changes)
     proc = subprocess.Popen(
         [sys.executable, "-m", "anydistill", "train", str(path)],
@@ -269,11 +268,7 @@ def test_ctrl_c_mid_run_saves_and_the_same_command_resumes(tmp_path):
     assert "stopped: stopped at step" in err
     saved = [p.name for p in (tmp_path / "cut" / "checkpoints").iterdir()]
     assert len(saved) == 1 and saved[0].startswith("step-")
-    env = {**os.environ}
-    done = subprocess.run(
-        [sys.executable, "-m", "anydistill", "train", str(path)], env=env, capture_output=True
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    ok(path)
     ok(recipe(tmp_path, "whole", **changes))
     assert same_weights(tmp_path / "cut", tmp_path / "whole")
     assert comparable(tmp_path / "cut") == comparable(tmp_path / "whole")
