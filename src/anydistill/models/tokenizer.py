@@ -2,30 +2,24 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from anydistill.errors import ModelError
+from anydistill.models.loading import load_failure, local_dir
 
 
 def load_tokenizer(
     path: str, *, field: str, revision: str | None = None, trust_remote_code: bool = False
 ) -> PreTrainedTokenizerBase:
-    local = Path(path).expanduser()
-    if path.startswith((".", "/", "~")) and not local.is_dir():
-        raise ModelError(
-            f"{field}: {path} is not a directory; give a tokenizer directory or hub id"
-        )
+    """A tokenizer from a local directory or the hub; a local-looking path that does not exist
+    and an offline hub are said as such, before any network wait."""
+    local = local_dir(path, field, "tokenizer")
     try:
         tok = AutoTokenizer.from_pretrained(
-            str(local) if local.is_dir() else path,
-            revision=revision,
-            trust_remote_code=trust_remote_code,
+            str(local or path), revision=revision, trust_remote_code=trust_remote_code
         )
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelError(f"{field}: cannot load a tokenizer from {path!r} ({first})") from None
+        raise load_failure(path, field, "tokenizer", err, local is not None) from None
     if tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token  # padding is masked out; any id works
     return tok

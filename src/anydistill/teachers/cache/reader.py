@@ -7,8 +7,8 @@ only the rows of its own samples.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,7 +18,14 @@ from anydistill.errors import ConfigError, DataError
 from anydistill.losses.sparse import SparseTeacher
 from anydistill.teachers.cache.codec import Codec
 from anydistill.teachers.cache.keys import batch_keys, tokenizer_hash
-from anydistill.teachers.cache.manifest import FORMAT, file_sha256, read_manifest
+from anydistill.teachers.cache.manifest import (
+    FORMAT,
+    MANIFEST,
+    CorruptCacheFile,
+    file_sha256,
+    read_json,
+    read_manifest,
+)
 
 
 class TeacherCache:
@@ -26,28 +33,17 @@ class TeacherCache:
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
-        manifest = read_manifest(self.root)
-        if manifest is None:
-            raise ConfigError(
-                f"teacher.path: {self.root} has no manifest.json; build it with `anydistill cache`"
-            )
-        if manifest.get("format") != FORMAT:
-            raise ConfigError(
-                f"teacher.path: {self.root} has cache format "
-                f"{manifest.get('format')}, this version reads {FORMAT}"
-            )
-        if not manifest.get("complete"):
-            raise ConfigError(
-                f"teacher.path: the cache in {self.root} is incomplete; rerun `anydistill cache` "
-                "with the same config to finish it"
-            )
+        manifest = _complete_manifest(self.root)
         self.manifest = manifest
-        self.codec = Codec(
-            manifest["k"], manifest["vocab_size"], manifest["value_bits"], manifest["max_gap"]
-        )
+        try:
+            self.codec = Codec(
+                manifest["k"], manifest["vocab_size"], manifest["value_bits"], manifest["max_gap"]
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise _corrupt(self.root / MANIFEST, f"bad codec settings: {err}") from None
         self._where: dict[str, tuple[int, int, int]] = {}
         for entry in manifest["shards"]:
-            keys = json.loads((self.root / entry["keys_file"]).read_text())
+            keys = _shard_keys(self.root, entry)
             offsets = np.concatenate([[0], np.cumsum(keys["rows"])]).tolist()
             for j, key in enumerate(keys["keys"]):
                 self._where[key] = (entry["index"], offsets[j], keys["rows"][j])
@@ -81,8 +77,7 @@ class TeacherCache:
             rows, keys = self.root / entry["rows_file"], self.root / entry["keys_file"]
             if file_sha256(rows, keys) != entry["sha256"]:
                 raise DataError(
-                    f"teacher.path: {rows.name} in {self.root} fails its checksum; rerun "
-                    "`anydistill cache` with the same config to rewrite it"
+                    f"teacher.path: {rows.name} in {self.root} fails its checksum; {REWRITE}"
                 )
             data = np.memmap(rows, dtype=np.uint8, mode="r") if rows.stat().st_size else None
             width = self.codec.row_bytes
@@ -114,6 +109,73 @@ class TeacherCache:
         ids, logp, log_tail = self.codec.decode(self.rows(keys, select.sum(dim=1).tolist()))
         device = input_ids.device
         return SparseTeacher(ids.to(device), logp.to(device), log_tail.to(device), tail)
+
+
+_HEADER_KEYS = ("k", "vocab_size", "value_bits", "max_gap", "tokenizer_hash", "seq_len")
+REWRITE = "rerun `anydistill cache` with the same config to rewrite it"
+
+
+def _corrupt(path: Path, reason: str) -> DataError:
+    return DataError(f"teacher.path: {path} is corrupt ({reason}); {REWRITE}")
+
+
+def _complete_manifest(root: Path) -> dict[str, Any]:
+    """The manifest of a finished cache of this format, or one sentence saying what is not."""
+    try:
+        manifest = read_manifest(root)
+    except CorruptCacheFile as err:
+        raise DataError(
+            f"teacher.path: {err}; rerun `anydistill cache` with the same config to rebuild it "
+            "(shards that pass their checksums are kept)"
+        ) from None
+    if manifest is None:
+        raise ConfigError(
+            f"teacher.path: {root} has no manifest.json; build it with `anydistill cache`"
+        )
+    if manifest.get("format") != FORMAT:
+        raise ConfigError(
+            f"teacher.path: {root} has cache format "
+            f"{manifest.get('format')}, this version reads {FORMAT}"
+        )
+    lacking = [k for k in _HEADER_KEYS if k not in manifest]
+    if lacking:
+        raise _corrupt(root / MANIFEST, f"no `{lacking[0]}`")
+    if not manifest.get("complete"):
+        raise ConfigError(
+            f"teacher.path: the cache in {root} is incomplete; rerun `anydistill cache` "
+            "with the same config to finish it"
+        )
+    return manifest
+
+
+def _shard_keys(root: Path, entry: Any) -> dict[str, list]:
+    """A shard's key file, checked before it is trusted: both shard files exist, the key file
+    matches its checksum (an edit would otherwise read as `a different dataset`), and it
+    parses."""
+    try:
+        index, rows_file, keys_file = entry["index"], entry["rows_file"], entry["keys_file"]
+    except (KeyError, TypeError):
+        raise _corrupt(root / MANIFEST, f"a shard line lacks its files: {entry!r}") from None
+    for name in (rows_file, keys_file):
+        if not (root / name).is_file():
+            raise DataError(f"teacher.path: shard {index} file {root / name} is missing; {REWRITE}")
+    path = root / keys_file
+    if "keys_sha256" in entry:
+        intact = file_sha256(path) == entry["keys_sha256"]
+    else:  # a cache written before key checksums: check both files now
+        intact = file_sha256(root / rows_file, path) == entry.get("sha256")
+    if not intact:
+        raise DataError(
+            f"teacher.path: {path} fails its checksum (changed since `anydistill cache` wrote "
+            f"it); {REWRITE}"
+        )
+    try:
+        keys = read_json(path)
+    except CorruptCacheFile as err:
+        raise DataError(f"teacher.path: {err}; {REWRITE}") from None
+    if not isinstance(keys, dict) or len(keys.get("keys", ())) != len(keys.get("rows", [0])):
+        raise _corrupt(path, "not a shard key file")
+    return keys
 
 
 class CachedTeacher:

@@ -4,13 +4,16 @@ Samples are the run's training sequences (after tokenization and packing), dedup
 content key, in data order. Shard i holds samples [i * S, (i + 1) * S) and is computed from
 those samples alone, in fixed batches, so recomputing a shard gives the same bytes: a killed
 run resumes from the last shard the manifest lists, rewrites any shard whose checksum fails,
-and ends byte-identical to an uninterrupted one.
+and ends byte-identical to an uninterrupted one. Each shard keeps its checksum beside it, so a
+corrupt or lost manifest is rebuilt from the shards that verify, and a full disk stops with one
+sentence, leaving the shards written before it listed and no temp file behind.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,23 +23,34 @@ import torch
 
 from anydistill.config import RunConfig
 from anydistill.data.collate import collate
-from anydistill.errors import ConfigError
+from anydistill.errors import ConfigError, DataError
 from anydistill.losses.chunk_math import head_logits
 from anydistill.models.heads import HiddenStates, output_head
 from anydistill.models.loading import freeze, max_positions
 from anydistill.models.tokenizer import real_vocab_size
+from anydistill.paths import check_writable_dir, disk_full_message, is_disk_full
 from anydistill.teachers.cache.codec import Codec
 from anydistill.teachers.cache.keys import dataset_fingerprint, example_key, tokenizer_hash
 from anydistill.teachers.cache.manifest import (
     FORMAT,
+    MANIFEST,
+    CorruptCacheFile,
+    file_sha256,
+    header_sha256,
+    manifest_bytes,
     read_manifest,
+    recovered_sha,
+    shard_entry,
     shard_names,
     shard_ok,
+    shard_sum,
+    sum_name,
     write_atomic,
-    write_manifest,
 )
 from anydistill.train.setup import load_model, pick_device, raw_data_and_tokenizer, tokenized
 from anydistill.train.step import step_inputs
+
+log = logging.getLogger(__name__)
 
 ROWS_PER_BLOCK = 1024  # logits block size while taking the top-k
 
@@ -104,7 +118,7 @@ def _check_same_cache(old: dict[str, Any], new: dict[str, Any], out: Path) -> No
     for key, value in new.items():
         if old.get(key) != value:
             raise ConfigError(
-                f"{out} already holds a cache with a different `{key}` "
+                f"--out: {out} already holds a cache with a different `{key}` "
                 f"({old.get(key)!r}, now {value!r}); pick another --out or delete it"
             )
 
@@ -113,6 +127,7 @@ def write_cache(cfg: RunConfig, out: Path, settings: CacheSettings, progress: bo
     """Write (or finish) the cache in `out`; returns the manifest path."""
     if cfg.teacher.kind == "cache":
         raise ConfigError("teacher.kind: `anydistill cache` needs a teacher model, not a cache")
+    out = check_writable_dir(out, "--out")  # before anything is made
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.train.device)
     train_ds, eval_ds, tokenizer = raw_data_and_tokenizer(cfg, out)
@@ -124,13 +139,7 @@ def write_cache(cfg: RunConfig, out: Path, settings: CacheSettings, progress: bo
         codec = Codec(settings.k, vocab, settings.value_bits, settings.max_gap)
     except ValueError as err:
         raise ConfigError(f"cache: {err}") from None
-    data = tokenized(cfg, train_ds, eval_ds, tokenizer)
-    samples, seen = [], set()
-    for example in data.train:
-        key = example_key(example)
-        if key not in seen:
-            seen.add(key)
-            samples.append((key, example))
+    samples = _unique_samples(tokenized(cfg, train_ds, eval_ds, tokenizer))
     header = _header(
         cfg,
         settings,
@@ -139,16 +148,14 @@ def write_cache(cfg: RunConfig, out: Path, settings: CacheSettings, progress: bo
         dataset_fingerprint(k for k, _ in samples),
         len(samples),
     )
-    old = read_manifest(out)
-    if old is not None:
-        _check_same_cache({k: old.get(k) for k in header}, header, out)
-    done = {e["index"]: e for e in (old or {}).get("shards", [])}
+    done = _previous_shards(out, header)
 
     teacher = freeze(load_model(cfg.teacher, "teacher", vocab, device, True, cfg.train.seed + 1))
     limit = max_positions(teacher)
     if limit is not None and cfg.data.seq_len > limit:
         raise ConfigError(f"data.seq_len is {cfg.data.seq_len} but the teacher handles {limit}")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    job = _Job(out, teacher, codec, vocab, pad, settings, device, header_sha256(header))
     per = settings.samples_per_shard
     n_shards = max(1, -(-len(samples) // per))
     shards = []
@@ -158,36 +165,110 @@ def write_cache(cfg: RunConfig, out: Path, settings: CacheSettings, progress: bo
         task = bar.add_task("caching teacher top-k", total=len(samples))
         for index in range(n_shards):
             chunk = samples[index * per : (index + 1) * per]
-            entry = done.get(index)
-            if entry is None or not shard_ok(out, entry):
-                entry = _write_shard(
-                    out, index, chunk, teacher, codec, vocab, pad, settings, device
-                )
+            entry = _kept_shard(job, index, len(chunk), done.get(index))
+            if entry is None:
+                entry = _write_shard(job, index, chunk)
             shards.append(entry)
-            write_manifest(out, {**header, "shards": shards, "complete": index == n_shards - 1})
+            manifest = {**header, "shards": shards, "complete": index == n_shards - 1}
+            _save(out / MANIFEST, manifest_bytes(manifest), index)
             bar.advance(task, len(chunk))
-    return out / "manifest.json"
+    return out / MANIFEST
 
 
-def _write_shard(out, index, chunk, teacher, codec, vocab, pad, settings, device) -> dict:
+def _unique_samples(data) -> list[tuple[str, dict]]:
+    """(key, example) of the training sequences, first occurrence of each content key."""
+    samples, seen = [], set()
+    for example in data.train:
+        key = example_key(example)
+        if key not in seen:
+            seen.add(key)
+            samples.append((key, example))
+    return samples
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What writing one shard needs."""
+
+    out: Path
+    teacher: Any
+    codec: Codec
+    vocab: int
+    pad: int
+    settings: CacheSettings
+    device: torch.device
+    header_sha: str
+
+
+def _previous_shards(out: Path, header: dict[str, Any]) -> dict[int, dict]:
+    """Shards an earlier run listed, by index; a corrupt manifest is rebuilt (from the shards
+    whose own checksum records still verify) rather than refused."""
+    try:
+        old = read_manifest(out)
+    except CorruptCacheFile as err:
+        log.warning("cache: %s; rebuilding it from the shards whose checksums verify", err)
+        return {}
+    except OSError as err:
+        raise DataError(f"--out: cannot read {out / MANIFEST} ({err.strerror or err})") from None
+    if old is None:
+        return {}
+    _check_same_cache({k: old.get(k) for k in header}, header, out)
+    return {
+        e["index"]: e
+        for e in old["shards"]
+        if isinstance(e, dict) and isinstance(e.get("index"), int)
+    }
+
+
+def _listed_sha(out: Path, listed: dict | None) -> str | None:
+    try:
+        return listed["sha256"] if listed is not None and shard_ok(out, listed) else None
+    except (KeyError, TypeError):  # a hand-edited manifest line: verify from the shard instead
+        return None
+
+
+def _kept_shard(job: _Job, index: int, n_samples: int, listed: dict | None) -> dict | None:
+    """The manifest line of shard `index` if its files verify (against the old manifest or
+    the shard's own checksum record); None when it must be (re)written."""
+    sha = _listed_sha(job.out, listed) or recovered_sha(job.out, index, job.header_sha)
+    if sha is None:
+        return None
+    record = shard_sum(sha, job.header_sha)
+    path = job.out / sum_name(index)
+    if not path.exists() or path.read_bytes() != record:  # a cache from before the records
+        _save(path, record, index)
+    return shard_entry(job.out, index, n_samples, job.codec.row_bytes, sha)
+
+
+def _write_shard(job: _Job, index: int, chunk: list[tuple[str, dict]]) -> dict:
     rows_file, keys_file = shard_names(index)
     parts, counts = [], []
-    for start in range(0, len(chunk), settings.batch_size):
-        batch = collate([ex for _, ex in chunk[start : start + settings.batch_size]], pad)
-        rows, per_sample = _top_k_rows(teacher, batch, codec, vocab, device)
+    for start in range(0, len(chunk), job.settings.batch_size):
+        batch = collate([ex for _, ex in chunk[start : start + job.settings.batch_size]], job.pad)
+        rows, per_sample = _top_k_rows(job.teacher, batch, job.codec, job.vocab, job.device)
         parts.append(rows)
         counts.extend(per_sample)
-    rows = np.concatenate(parts) if parts else np.zeros((0, codec.row_bytes), np.uint8)
+    rows = np.concatenate(parts) if parts else np.zeros((0, job.codec.row_bytes), np.uint8)
     keys = json.dumps({"keys": [k for k, _ in chunk], "rows": counts}).encode()
-    write_atomic(out / rows_file, rows.tobytes())
-    write_atomic(out / keys_file, keys)
-    from anydistill.teachers.cache.manifest import file_sha256
+    _save(job.out / rows_file, rows.tobytes(), index)
+    _save(job.out / keys_file, keys, index)
+    sha = file_sha256(job.out / rows_file, job.out / keys_file)
+    _save(job.out / sum_name(index), shard_sum(sha, job.header_sha), index)  # last: it vouches
+    return shard_entry(job.out, index, len(chunk), job.codec.row_bytes, sha)
 
-    return {
-        "index": index,
-        "rows_file": rows_file,
-        "keys_file": keys_file,
-        "samples": len(chunk),
-        "rows": int(rows.shape[0]),
-        "sha256": file_sha256(out / rows_file, out / keys_file),
-    }
+
+def _save(path: Path, data: bytes, index: int) -> None:
+    """write_atomic, with a full disk (or any failed write) said in one sentence."""
+    try:
+        write_atomic(path, data)
+    except OSError as err:
+        if is_disk_full(err):
+            kept = (
+                f"the {index} complete shards before it stay listed and are kept"
+                if index
+                else "no shard was complete yet"
+            )
+            raise DataError(disk_full_message(path, len(data), kept)) from None
+        raise DataError(
+            f"--out: cannot write {path} ({err.strerror or err}); check the directory"
+        ) from None
