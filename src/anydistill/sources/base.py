@@ -1,7 +1,7 @@
 """The interface every source implements, and the two plain ones.
 
 A source owns a `BatchStream` (dataset examples, or the teacher's upfront generations) and
-turns each micro-batch of it into a collated batch: as is (`DatasetSource`) or with fresh
+turns each micro-batch of it into a collated batch: as is (`Source`) or with fresh
 completions (`GeneratedSource`). The stream advances once per micro-batch whatever the
 source does with it, so its position plus the source's own state is an exact resume point.
 """

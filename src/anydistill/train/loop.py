@@ -26,7 +26,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object, set_seed
 
 from anydistill.config import RunConfig, resolve_paths
-from anydistill.errors import AnydistillError, TrainingError
+from anydistill.errors import TrainingError
 from anydistill.eval.cross_metrics import evaluate_cross
 from anydistill.eval.metrics import evaluate
 from anydistill.models.heads import HiddenStates, unwrap
@@ -136,7 +136,7 @@ def _train(
             return run_dir
         selector = token_selector(cfg, started.parts, accelerator.device)
         metrics = _open_log(cfg, run_dir, started) if main else None
-    except (AnydistillError, KeyboardInterrupt):
+    except BaseException:  # a bad input, Ctrl-C or a bug alike: nothing of ours half-made
         if run is not None:
             run.abandon()  # the directory as it was, generated samples kept
         raise

@@ -67,15 +67,15 @@ def open_run(cfg: RunConfig, acc: Accelerator) -> tuple[RunDir | None, str, dict
             if mode == "resume":
                 saved = saved_config(run_dir)
                 changes = config_changes(saved, cfg, run_dir) if saved is not None else {}
-        except KeyboardInterrupt:
-            run.abandon()
-            raise
         except AnydistillError as err:
             if run.lock.held:
                 run.abandon()
             box = [("error", str(err))]
             if acc.num_processes == 1:
                 raise
+        except BaseException:  # Ctrl-C or a bug: leave the directory as it was found
+            run.abandon()
+            raise
         else:
             box = [("ok", mode, changes)]
     if acc.num_processes > 1:
