@@ -18,7 +18,8 @@ from conftest import tiny_recipe
 
 from anydistill.config import DataConfig
 from anydistill.data.build import load_raw
-from anydistill.data.loading import EMPTY_SHARE, load_records
+from anydistill.data.loading import load_records
+from anydistill.data.records import EMPTY_SHARE
 from anydistill.data.tokenize import tokenize_pairs, tokenize_texts
 from anydistill.errors import DataError
 

@@ -10,15 +10,9 @@ import datasets
 import torch
 
 from anydistill.config import DataConfig
-from anydistill.data.loading import (
-    Origin,
-    Verdict,
-    describe,
-    load_located,
-    sift_records,
-    string_verdict,
-)
+from anydistill.data.loading import load_located
 from anydistill.data.packing import pack, truncate_or_drop
+from anydistill.data.records import Origin, Verdict, describe, sift_records, string_verdict
 from anydistill.data.tokenize import (
     Example,
     detect_mode,

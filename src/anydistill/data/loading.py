@@ -11,10 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-from bisect import bisect_right
-from collections.abc import Callable
-from dataclasses import dataclass
-from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets.table import InMemoryTable
 
+from anydistill.data.records import Origin, describe
+from anydistill.data.saved import is_saved, load_saved
 from anydistill.errors import DataError
 from anydistill.paths import read_text
 
@@ -32,38 +30,6 @@ JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 PARQUET_SUFFIXES = (".parquet",)
 TEXT_SUFFIXES = (".txt", ".text", ".md")
 _HINT = "give a .jsonl, .parquet, .txt file, a saved dataset directory or a hub dataset name"
-_RESAVE = "save it again with save_to_disk"
-# Empty records (null, missing or blank) are dropped with one warning while they are at most
-# 1% of a dataset: a few stray blanks are noise, more is a broken file or a schema mix-up.
-EMPTY_SHARE = 0.01
-
-
-@dataclass
-class Origin:
-    """Where each record of a loaded dataset came from: parts of consecutive records, each a
-    source name and the line of every record in it (None where lines mean nothing)."""
-
-    starts: list[int] = dc_field(default_factory=list)
-    parts: list[tuple[str, list[int] | None]] = dc_field(default_factory=list)
-    total: int = 0
-
-    def add(self, name: str, count: int, lines: list[int] | None = None) -> None:
-        if count:
-            self.starts.append(self.total)
-            self.parts.append((name, lines))
-            self.total += count
-
-    def extend(self, other: Origin) -> None:
-        for k, (name, lines) in enumerate(other.parts):
-            end = other.starts[k + 1] if k + 1 < len(other.starts) else other.total
-            self.add(name, end - other.starts[k], lines)
-
-    def where(self, index: int) -> str:
-        """`file line N` (json/jsonl/txt) or `source record index N` (the rest)."""
-        k = bisect_right(self.starts, index) - 1
-        name, lines = self.parts[k]
-        i = index - self.starts[k]
-        return f"{name} line {lines[i]}" if lines else f"{name} record index {i}"
 
 
 def load_records(
@@ -261,8 +227,8 @@ def _read_text(path: Path, field: str) -> tuple[datasets.Dataset, list[int]]:
 
 
 def _load_dir(path: Path, format: str, split: str, field: str) -> tuple[datasets.Dataset, Origin]:
-    if _is_saved(path):
-        return _load_saved(path, split, field)
+    if is_saved(path):
+        return load_saved(path, split, field)
     files = sorted(
         p
         for p in path.iterdir()
@@ -301,105 +267,6 @@ def _check_same_columns(folder: Path, parts: list[tuple[Path, datasets.Dataset]]
             )
 
 
-# --- folders written by `save_to_disk` ---------------------------------------------------
-
-
-def _is_saved(path: Path) -> bool:
-    markers = ("dataset_dict.json", "state.json", "dataset_info.json")
-    return any((path / m).is_file() for m in markers) or any(path.glob("*.arrow"))
-
-
-def _json_file(file: Path, folder: Path, field: str) -> Any:
-    try:
-        return json.loads(read_text(file, field))
-    except json.JSONDecodeError as err:
-        raise DataError(
-            f"{field}: {file} is not valid JSON (line {err.lineno}: {err.msg}), so the saved "
-            f"dataset in {folder} is damaged; {_RESAVE}"
-        ) from None
-
-
-def _data_files(path: Path, field: str) -> list[Path]:
-    """The Arrow files one saved split lists in its state.json, each checked to exist."""
-    state_file = path / "state.json"
-    if not state_file.is_file():
-        raise DataError(
-            f"{field}: {path} looks like a saved dataset but has no state.json; {_RESAVE}"
-        )
-    state = _json_file(state_file, path, field)
-    if (path / "dataset_info.json").is_file():
-        _json_file(path / "dataset_info.json", path, field)
-    entries = state.get("_data_files") if isinstance(state, dict) else None
-    names = [e.get("filename") for e in entries or [] if isinstance(e, dict)]
-    if not entries or not all(isinstance(n, str) for n in names):
-        raise DataError(f"{field}: {state_file} lists no data files; {_RESAVE}")
-    files = [path / n for n in names]
-    for file in files:
-        if not file.is_file():
-            raise DataError(
-                f"{field}: {file} is missing though {state_file} lists it, so the saved "
-                f"dataset in {path} is damaged; {_RESAVE}"
-            )
-    return files
-
-
-def _saved_files(path: Path, field: str) -> list[Path]:
-    """Every Arrow file of a saved Dataset or DatasetDict (splits are subfolders)."""
-    if not (path / "dataset_dict.json").is_file():
-        return _data_files(path, field)
-    meta = _json_file(path / "dataset_dict.json", path, field)
-    splits = meta.get("splits") if isinstance(meta, dict) else None
-    if not isinstance(splits, list) or not splits:
-        raise DataError(f"{field}: {path / 'dataset_dict.json'} lists no splits; {_RESAVE}")
-    return [f for s in splits for f in _data_files(path / str(s), field)]
-
-
-def _unreadable_arrow(files: list[Path]) -> tuple[Path, str] | None:
-    """The first Arrow file that does not read to its end, and why."""
-    for file in files:
-        try:
-            with pa.memory_map(str(file)) as source:
-                pa.ipc.open_stream(source).read_all()
-        except (OSError, pa.ArrowException) as err:
-            return file, str(err).strip().splitlines()[0] if str(err).strip() else "unreadable"
-    return None
-
-
-def _load_saved(path: Path, split: str, field: str) -> tuple[datasets.Dataset, Origin]:
-    files = _saved_files(path, field)  # names a missing or broken metadata file first
-    try:
-        loaded = datasets.load_from_disk(str(path))
-    except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as err:
-        bad = _unreadable_arrow(files)
-        if bad is not None:
-            raise DataError(
-                f"{field}: {bad[0]} is truncated or not an Arrow file ({bad[1]}), so the saved "
-                f"dataset in {path} is damaged; {_RESAVE}"
-            ) from None
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataError(
-            f"{field}: cannot read the saved dataset in {path} ({first}); {_RESAVE}"
-        ) from None
-    ds = _pick_split(loaded, split, str(path), field)
-    origin = Origin()
-    name = str(path) if isinstance(loaded, datasets.Dataset) else f"{path} split {split!r}"
-    origin.add(name, len(ds))
-    return ds, origin
-
-
-def _pick_split(
-    loaded: datasets.Dataset | datasets.DatasetDict, split: str, path: str, field: str
-) -> datasets.Dataset:
-    if isinstance(loaded, datasets.Dataset):
-        return loaded
-    if split not in loaded:
-        raise DataError(
-            f"{field}: {path} has no split {split!r}; available splits are {sorted(loaded)} "
-            "(set data.split / data.eval_split)"
-        )
-    return loaded[split]
-
-
 def _load_hub(
     path: str, subset: str | None, split: str, field: str
 ) -> tuple[datasets.Dataset, Origin]:
@@ -420,86 +287,3 @@ def _load_hub(
     origin = Origin()
     origin.add(f"dataset {path!r} split {split!r}", len(loaded))
     return loaded, origin
-
-
-# --- refusing or dropping bad records -----------------------------------------------------
-
-# A record's verdict: None when it is fine, else (column, None) when it is empty or
-# (column, what is wrong with it, as the end of a sentence) when it must be refused.
-Verdict = tuple[str, str | None] | None
-
-
-def describe(value: Any) -> str:
-    """`a list`, `a JSON object`, ... : what a value is, for an error message."""
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    names = {str: "a string", list: "a list", dict: "a JSON object", bytes: "bytes"}
-    return names.get(type(value), f"a {type(value).__name__}")
-
-
-def string_verdict(value: Any, column: str, fix: str) -> Verdict:
-    """A text column's value: a non-blank string is fine, null or blank is empty."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return column, None
-    if not isinstance(value, str):
-        return column, f"holds {describe(value)}, not a string; {fix}"
-    return None
-
-
-def sift_records(
-    ds: datasets.Dataset,
-    origin: Origin,
-    columns: list[str],
-    verdict: Callable[[dict[str, Any]], Verdict],
-    field: str,
-) -> datasets.Dataset:
-    """`ds` without its empty records, or one `DataError` naming the first bad record.
-
-    A record `verdict` refuses stops everything; empty ones are dropped with one warning
-    while they are at most `EMPTY_SHARE` of `ds`, else the first is named.
-    """
-    empty: list[int] = []
-    first_column = ""
-    index = 0
-    for batch in ds.select_columns(columns).iter(batch_size=1000):
-        for values in zip(*(batch[c] for c in columns), strict=True):
-            found = verdict(dict(zip(columns, values, strict=True)))
-            if found is not None:
-                column, wrong = found
-                if wrong is not None:
-                    raise DataError(f"{field}: {origin.where(index)}, column `{column}` {wrong}")
-                first_column = first_column or column
-                empty.append(index)
-            index += 1
-    if not empty:
-        return ds
-    first = f"{origin.where(empty[0])}, column `{first_column}`"
-    if len(empty) > EMPTY_SHARE * len(ds):
-        raise DataError(
-            f"{field}: {len(empty)} of {len(ds)} records are empty (null, missing or blank), "
-            f"the first at {first}; fill them in or remove them (up to {EMPTY_SHARE:.0%} of "
-            "the records are dropped with a warning)"
-        )
-    log.warning(
-        "%s: dropped %d of %d records that are empty (null, missing or blank), the first at %s",
-        field,
-        len(empty),
-        len(ds),
-        first,
-    )
-    drop = set(empty)
-    # keep_in_memory: never write index files into a user's saved dataset directory
-    return ds.select([i for i in range(len(ds)) if i not in drop], keep_in_memory=True)
-
-
-def string_column(ds: datasets.Dataset, origin: Origin, column: str, field: str) -> list[str]:
-    """The strings of one text column, refusing other values and sifting empty ones."""
-    fix = f"give `{column}` as plain text"
-
-    def verdict(record: dict[str, Any]) -> Verdict:
-        return string_verdict(record[column], column, fix)
-
-    kept = sift_records(ds, origin, [column], verdict, field)
-    return list(kept[column])

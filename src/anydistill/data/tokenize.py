@@ -11,7 +11,7 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from typing import Any, TypedDict
 
-from anydistill.data.loading import describe
+from anydistill.data.records import describe
 from anydistill.errors import DataError
 
 MODES = ("text", "prompt_completion", "messages")

@@ -406,7 +406,8 @@ def load_prompt_texts(
     that is not text is refused (naming its file, line and column); empty ones are sifted
     as training data is (`anydistill.data.loading.sift_records`).
     """
-    from anydistill.data.loading import load_located, string_column
+    from anydistill.data.loading import load_located
+    from anydistill.data.records import string_column
 
     ds, origin = load_located(path, max_examples=max_prompts, field="--data")
     names = [column] if column else [c for c in PROMPT_COLUMNS if c in ds.column_names]

@@ -79,7 +79,8 @@ def text_bits_per_byte(
 
 def load_texts(path: str, column: str = "text") -> list[str]:
     """Texts from a .txt file (one per non-empty line) or a record file's `text` column."""
-    from anydistill.data.loading import load_located, string_column
+    from anydistill.data.loading import load_located
+    from anydistill.data.records import string_column
     from anydistill.errors import DataError
     from anydistill.paths import check_readable_file, read_text
 
