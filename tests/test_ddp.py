@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -76,3 +77,24 @@ def test_two_process_ddp_matches_single_process(tmp_path, recipe):
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-4)
         assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-3)
     assert (tmp_path / "ddp" / "final" / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_two_processes_refuse_a_foreign_directory_together(tmp_path):
+    """Rank 0's refusal reaches rank 1 (no hang) and the user's folder is left untouched."""
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip("torchrun is not installed next to this python")
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    cfg = tmp_path / "ddp.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_recipe("fkl", output__dir=str(out), train__progress=False)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "anydistill", "train"]
+    result = subprocess.run([*cmd, str(cfg)], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert result.stderr.count("holds files that anydistill did not write") == 2
+    # torchrun reports its failed children with a traceback of its own; none of ours
+    assert not re.search(r'File ".*/anydistill/', result.stderr), result.stderr[-3000:]
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
