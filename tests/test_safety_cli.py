@@ -138,8 +138,8 @@ CASES = {
     ),
     "bench-loss-chunk-size-0": ([*LOSS, "--chunk-size", "0"], "'--chunk-size'"),
     "bench-step-absurd-batch": (
-        [*TINY_STEP, "--device", "cpu", "--batch", "100000"],
-        "--batch 100000 x --seq-len 2048 with tiny-teacher -> tiny-student",
+        [*TINY_STEP, "--device", "cpu", "--batch", "1000000"],
+        "--batch 1000000 x --seq-len 2048 with tiny-teacher -> tiny-student",
     ),
     "bench-step-missing-config": (
         ["bench", "step", "--teacher", "{root}/none/config.json", "--student", "tiny-student"],
@@ -218,26 +218,23 @@ def _deny_writes_to(monkeypatch, *denied: Path) -> None:
     monkeypatch.setattr(os, "access", access)
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        ([*LOSS, "--out", "{ro}/loss.json"], "--out: {ro} is not writable"),
-        ([*TINY_STEP, "--out", "{ro}/step.json"], "--out: {ro} is not writable"),
-        (["demo", "--workdir", "{ro}"], "--workdir: {ro} is not writable"),
-        (["demo", "--workdir", "{ro}/demo"], "--workdir: {ro} (where {ro}/demo would be made)"),
-        (["report", "{ro}"], "{ro} is not writable, so the report cannot be written"),
-        ([*_speculate(drafter="{ro}"), "--save"], "--save: {ro} is not writable"),
-    ],
-    ids=[
-        "bench-loss-out",
-        "bench-step-out",
-        "demo-workdir",
-        "demo-workdir-below",
-        "report",
-        "save",
-    ],
-)
-def test_read_only_places_are_refused(args, message, tmp_path, monkeypatch, tiny_pair):
+READ_ONLY = {
+    "bench-loss-out": ([*LOSS, "--out", "{ro}/loss.json"], "--out: {ro} is not writable"),
+    "bench-step-out": ([*TINY_STEP, "--out", "{ro}/step.json"], "--out: {ro} is not writable"),
+    "bench-cache-out": (["bench", "cache", "--out", "{ro}/c.json"], "--out: {ro} is not writable"),
+    "demo-workdir": (["demo", "--workdir", "{ro}"], "--workdir: {ro} is not writable"),
+    "demo-workdir-below": (
+        ["demo", "--workdir", "{ro}/demo"],
+        "--workdir: {ro} (where {ro}/demo would be made) is not writable",
+    ),
+    "report": (["report", "{ro}"], "{ro} is not writable, so the report cannot be written"),
+    "speculate-save": ([*_speculate(drafter="{ro}"), "--save"], "--save: {ro} is not writable"),
+}
+
+
+@pytest.mark.parametrize("case", READ_ONLY.values(), ids=READ_ONLY.keys())
+def test_read_only_places_are_refused(case, tmp_path, monkeypatch, tiny_pair):
+    args, message = case
     ro = _run_dir(tmp_path, "ro", tiny_pair[0], yaml.safe_dump(tiny_recipe()))
     (ro / "metrics.jsonl").write_text(json.dumps({"kind": "train", "step": 1, "loss": 1}) + "\n")
     prompts = tmp_path / "prompts.jsonl"
@@ -315,3 +312,17 @@ def test_demo_workdir_is_its_own(tmp_path):
     with pytest.raises(ConfigError, match="already holds files the demo did not write"):
         prepare_workdir(user)
     assert tree_state(user) == before
+
+
+def test_report_survives_hand_edited_extras(tmp_path):
+    """speculate.json that is not UTF-8 or holds text rates, eval.json with a text bucket: the
+    report leaves those sections out instead of a traceback."""
+    run = _report_run(tmp_path, "run")
+    (run / "eval.json").write_text(json.dumps({"agree_freq/rank_1-10": "high", "student/ce": 1}))
+    (run / "speculate.json").write_bytes(b'{"gamma": 2, "note": "\xff"}')
+    assert run_cli("report", str(run)).exit_code == 0
+    (run / "speculate.json").write_text(json.dumps({"acceptance_by_position": ["a", None]}))
+    result = run_cli("report", str(run))
+    assert result.exit_code == 0, result.output
+    html = (run / "report.html").read_text()
+    assert "acceptance_by_position.png" not in html and "agreement_by_frequency" not in html

@@ -47,6 +47,10 @@ def train(
         run_dir = run_train(cfg)
     except AnydistillError as err:
         _fail(str(err))
+    except KeyboardInterrupt as err:  # a stop after a saved step says where; one in set-up
+        why = str(err) or "interrupted before training began; the run directory is as it was"
+        typer.echo(f"stopped: {why}", err=True)
+        raise typer.Exit(130) from None
     typer.echo(f"run directory: {run_dir}")
 
 
@@ -82,17 +86,21 @@ def cache(
 def eval_cmd(
     run_dir: Annotated[Path, typer.Argument(help="a run directory made by `anydistill train`")],
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
-    max_batches: Annotated[int | None, typer.Option(help="limit eval batches")] = None,
+    max_batches: Annotated[int | None, typer.Option(min=1, help="limit eval batches")] = None,
     task: Annotated[
         str | None,
         typer.Option(help="task file/folder (GSM8K, SVAMP, MATH-500, HumanEval, jsonl) to score"),
     ] = None,
-    max_records: Annotated[int | None, typer.Option(help="score the first N task records")] = None,
+    max_records: Annotated[
+        int | None, typer.Option(min=1, help="score the first N task records")
+    ] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
     lm_eval: Annotated[
         str | None, typer.Option("--lm-eval", help="lm-eval harness tasks, comma separated")
     ] = None,
-    lm_eval_limit: Annotated[int | None, typer.Option(help="examples per lm-eval task")] = None,
+    lm_eval_limit: Annotated[
+        int | None, typer.Option(min=1, help="examples per lm-eval task")
+    ] = None,
     texts: Annotated[
         str | None, typer.Option(help="text file: bits/byte of each model with its own tokenizer")
     ] = None,
@@ -130,7 +138,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) -> 
 
     try:
         path = write_report(run_dir)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, AnydistillError) as err:
         _fail(str(err))
     typer.echo(f"report: {path}")
 
@@ -176,9 +184,11 @@ def speculate(
 ) -> None:
     """Speculative decoding with lossless verification: acceptance, tokens/call, speedup."""
     _quiet_libraries()
-    from anydistill.eval.speculate_cmd import run_speculate
+    from anydistill.eval.speculate_cmd import check_save, run_speculate
 
     try:
+        if save:  # before the models load: a result must not be lost to an unwritable run
+            check_save(drafter)
         result = run_speculate(
             target,
             drafter,

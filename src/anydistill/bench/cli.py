@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Annotated
@@ -10,6 +11,8 @@ import typer
 
 from anydistill.cli_common import fail as _fail
 from anydistill.cli_common import quiet_libraries
+from anydistill.errors import ConfigError
+from anydistill.paths import check_writable_file, disk_full_message, is_disk_full
 
 bench_app = typer.Typer(
     no_args_is_help=True, help="Measure speed, memory and error of anydistill's parts."
@@ -36,19 +39,37 @@ def _device(name: str):
     return torch.device(name)
 
 
+def _check_out(out: Path | None) -> None:
+    """Before any work: a benchmark must not run for minutes and then fail to save."""
+    if out is None:
+        return
+    try:
+        check_writable_file(out, "--out")
+    except ConfigError as err:
+        _fail(str(err))
+
+
 def _save(out: Path, kind: str, device, settings: dict, records: list[dict]) -> None:
     from anydistill.bench.machine import machine_info
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "benchmark": kind,
         "machine": machine_info(device),
         "settings": settings,
         "records": records,
     }
+    text = json.dumps(payload, indent=1) + "\n"
     tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    tmp.replace(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        tmp.replace(out)  # readers never see half a record file
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if is_disk_full(err):
+            _fail(disk_full_message(out, len(text.encode()), f"{out} is as it was"))
+        _fail(f"--out: cannot write {out} ({err.strerror or err}); give another path")
 
 
 @bench_app.command("loss")
@@ -75,6 +96,7 @@ def loss_cmd(
     out: Annotated[Path | None, typer.Option(help="also write records + machine here")] = None,
 ) -> None:
     """Forward+backward time, peak extra memory and error vs float64, per engine."""
+    _check_out(out)
     import torch
 
     from anydistill.bench.loss import DIVERGENCE_TERMS, Shape, bench_loss
@@ -161,6 +183,7 @@ def step_cmd(
     out: Annotated[Path | None, typer.Option(help="also write records + machine here")] = None,
 ) -> None:
     """Time full distillation steps: teacher forward, student forward/backward, loss, AdamW."""
+    _check_out(out)
     quiet_libraries()
     from anydistill.bench.presets import resolve_model
     from anydistill.bench.step import H100_BF16_TFLOPS, StepSettings, bench_step, print_step_table
@@ -221,6 +244,7 @@ def cache_cmd(
     out: Annotated[Path | None, typer.Option(help="also write records + machine here")] = None,
 ) -> None:
     """Bytes/token, held-out KL and write/training speed of the teacher cache, per k."""
+    _check_out(out)
     quiet_libraries()
     import tempfile
 

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from anydistill.bench import memory
 from anydistill.bench.compare import COMPARE_ENGINES, Unsupported, compare_loss
-from anydistill.bench.memory import peak_extra_bytes
-from anydistill.losses.engine import Head, TeacherSignal, distill_loss
+from anydistill.bench.memory import NotEnoughMemory, human_bytes, peak_extra_bytes, too_big
+from anydistill.losses.engine import Head, TeacherSignal, auto_chunk_size, distill_loss
 from anydistill.losses.objective import ActiveTerm
 
 OUR_ENGINES = ("naive", "torch", "triton")
@@ -34,6 +35,9 @@ DIVERGENCE_TERMS = {
     "srkl": {"alpha": 0.1},
     "taid": {"taid_t": 0.5},
 }
+# Float32 [rows, V] blocks alive at an engine's peak, per divergence (measured with
+# `peak_extra_bytes` on the CPU; the mixtures of JSD and the skewed KLs keep the most).
+WORKING_BLOCKS = {"fkl": 10, "rkl": 11, "jsd": 18, "tvd": 11, "skl": 16, "srkl": 17, "taid": 10}
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,7 @@ class Shape:
     @classmethod
     def parse(cls, text: str) -> Shape:
         parts = text.split(",")
-        if len(parts) != 4 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        if len(parts) != 4 or not all(p.strip().isdecimal() and int(p) > 0 for p in parts):
             raise ValueError(f"--shape {text!r} must be four positive integers BT,V,Hs,Ht")
         return cls(*(int(p) for p in parts))
 
@@ -57,6 +61,53 @@ class Shape:
         """Matmul FLOPs of forward + backward: both projections, then dX and dW."""
         bt, v, hs, ht = self.tokens, self.vocab, self.student_hidden, self.teacher_hidden
         return 2 * bt * v * (hs + ht) + 4 * bt * v * hs
+
+
+def working_set_bytes(rows: int, vocab: int, divergences: list[str], itemsize: int = 4) -> int:
+    """What a loss engine holds at its peak: a few [rows, V] blocks (widest divergence)."""
+    widest = max(WORKING_BLOCKS.values())
+    blocks = max((WORKING_BLOCKS.get(d, widest) for d in divergences), default=widest)
+    return blocks * rows * vocab * itemsize
+
+
+def case_bytes(
+    shape: Shape,
+    dtype: torch.dtype,
+    device: torch.device,
+    divergences: list[str],
+    engine: str = "torch",
+    chunk_size: int | None = None,
+) -> int:
+    """Peak bytes of one shape's cases: the inputs, the float64 reference (copies, dX, dW and
+    its working set) or the timed engine (trainable copies, their gradients, working set)."""
+    bt, v, hs, ht = shape.tokens, shape.vocab, shape.student_hidden, shape.teacher_hidden
+    values = bt * (hs + ht) + v * (hs + ht)  # hidden states and heads of both models
+    trained = bt * hs + v * hs  # what gets a gradient: the student's rows and head
+    size = dtype.itemsize
+    auto = auto_chunk_size(v, device)
+    reference_peak = values * 8 + working_set_bytes(min(bt, auto), v, divergences, 8)
+    rows = bt if engine == "naive" else min(bt, chunk_size or auto)
+    engine_peak = 2 * trained * size + working_set_bytes(rows, v, divergences)
+    return values * size + bt * 8 + trained * 8 + max(reference_peak, engine_peak)
+
+
+def _check_fits(
+    shapes: list[Shape],
+    divergences: list[str],
+    device: torch.device,
+    dtype: torch.dtype,
+    chunk_size: int | None,
+    room: tuple[int, str],
+) -> None:
+    """Refuse, before anything is allocated, a shape that cannot fit even chunked."""
+    for shape in shapes:
+        need = case_bytes(shape, dtype, device, divergences, "torch", chunk_size)
+        if need > room[0]:
+            what = (
+                f"--shape {shape} (inputs, weights and their gradients, plus the loss engine's "
+                "working set)"
+            )
+            raise NotEnoughMemory(too_big(what, need, room, device, "give a smaller --shape"))
 
 
 @dataclass
@@ -193,6 +244,52 @@ def run_case(
     return record
 
 
+def _error_record(engine: str, divergence: str, shape: Shape, error: str) -> dict[str, object]:
+    return {"engine": engine, "divergence": divergence, "shape": str(shape), "error": error}
+
+
+def _too_big_for(
+    engine: str,
+    shape: Shape,
+    divergence: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    room: tuple[int, str],
+) -> str:
+    """Why the naive engine's full [BT, V] logits cannot fit, or "" (chunked engines fit once
+    `_check_fits` passed); an error record instead of an allocation the OOM killer ends."""
+    if engine != "naive":
+        return ""
+    need = case_bytes(shape, dtype, device, [divergence], "naive")
+    if need <= room[0]:
+        return ""
+    free, kind = room
+    return f"skipped: needs about {human_bytes(need)}, more than the {human_bytes(free)} of {kind}"
+
+
+def _measure(
+    engine: str,
+    divergence: str,
+    shape: Shape,
+    inputs: Inputs,
+    ref: tuple[Tensor, Tensor, Tensor],
+    runs: tuple[int, int],
+    chunk_size: int | None,
+    skip: str,
+) -> dict[str, object] | None:
+    """`run_case`, or an error record (`skip`, OOM, a compile error); None: unsupported."""
+    if skip:
+        return _error_record(engine, divergence, shape, skip)
+    try:
+        return run_case(engine, divergence, shape, inputs, ref, *runs, chunk_size)
+    except Unsupported:
+        return None
+    except (RuntimeError, ValueError, ImportError) as err:  # OOM, compile errors
+        text = str(err).strip()
+        first = text.splitlines()[0] if text else repr(err)
+        return _error_record(engine, divergence, shape, f"{type(err).__name__}: {first}"[:300])
+
+
 def bench_loss(
     shapes: list[Shape],
     divergences: list[str],
@@ -212,26 +309,20 @@ def bench_loss(
     bad = [e for e in engines if e not in known]
     if bad:
         raise ValueError(f"engine {bad[0]!r} is not one of {', '.join(known)}")
+    room = memory.available_bytes(device)
+    _check_fits(shapes, divergences, device, dtype, chunk_size, room)
     records = []
     for shape in shapes:
         inputs = make_inputs(shape, dtype, device)
         for divergence in divergences:
             ref = reference(inputs, divergence)
             for engine in engines:
-                try:
-                    record = run_case(
-                        engine, divergence, shape, inputs, ref, warmup, repeats, chunk_size
-                    )
-                except Unsupported:
+                skip = _too_big_for(engine, shape, divergence, dtype, device, room)
+                record = _measure(
+                    engine, divergence, shape, inputs, ref, (warmup, repeats), chunk_size, skip
+                )
+                if record is None:
                     continue  # e.g. Liger has no TVD: nothing to compare
-                except (RuntimeError, ValueError, ImportError) as err:  # OOM, compile errors
-                    first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
-                    record = {
-                        "engine": engine,
-                        "divergence": divergence,
-                        "shape": str(shape),
-                        "error": f"{type(err).__name__}: {first}"[:300],
-                    }
                 gc.collect()
                 if device.type == "cuda":
                     torch.cuda.empty_cache()

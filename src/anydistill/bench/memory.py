@@ -8,8 +8,10 @@ CUDA statistics report — bytes of live tensors — minus allocator rounding.
 
 from __future__ import annotations
 
+import os
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -61,3 +63,72 @@ def peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> int:
     with mode:
         fn()
     return mode.peak
+
+
+# ---- will it fit? -----------------------------------------------------------------------
+
+
+class NotEnoughMemory(ValueError):
+    """A benchmark case that cannot fit on the device: refused before anything is allocated,
+    because on the CPU an over-large allocation swaps or meets the OOM killer, not an error."""
+
+
+def human_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"  # pragma: no cover - the loop always returns
+
+
+def _cgroup_room() -> int | None:
+    """Bytes a container's memory limit still allows (cgroup v2), when there is a limit."""
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return None if limit == "max" else max(0, int(limit) - used)
+
+
+def _available_ram() -> int:
+    """MemAvailable (what can be allocated without swapping), capped by a cgroup limit."""
+    free = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                free = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    if free is None:
+        try:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            free = 1 << 62  # cannot tell: do not refuse
+    room = _cgroup_room()
+    return free if room is None else min(free, room)
+
+
+def available_bytes(device: torch.device) -> tuple[int, str]:
+    """Bytes a new allocation on `device` can use now, and what that memory is called."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free), "free GPU memory"
+    return _available_ram(), "available RAM"
+
+
+def too_big(what: str, need: int, room: tuple[int, str], device: torch.device, fix: str) -> str:
+    """The one sentence for `need` bytes against `room` (free bytes, what they are called)."""
+    free, kind = room
+    return (
+        f"{what} needs about {human_bytes(need)}, more than the {human_bytes(free)} of {kind} "
+        f"on {device.type}; {fix}"
+    )
+
+
+def check_fits(need: int, device: torch.device, what: str, fix: str) -> None:
+    """NotEnoughMemory with one sentence when `need` bytes exceed what `device` has left."""
+    room = available_bytes(device)
+    if need > room[0]:
+        raise NotEnoughMemory(too_big(what, need, room, device, fix))

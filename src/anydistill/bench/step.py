@@ -42,12 +42,13 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
+from anydistill.bench import memory
 from anydistill.bench.compare import COMPARE_ENGINES, Unsupported, compare_loss
-from anydistill.bench.loss import DIVERGENCE_TERMS
-from anydistill.bench.memory import peak_extra_bytes
+from anydistill.bench.loss import DIVERGENCE_TERMS, working_set_bytes
+from anydistill.bench.memory import NotEnoughMemory, peak_extra_bytes, too_big
 from anydistill.bench.presets import ModelSpec
 from anydistill.config import TrainConfig
-from anydistill.losses.engine import ENGINES
+from anydistill.losses.engine import ENGINES, auto_chunk_size
 from anydistill.losses.objective import ActiveTerm
 from anydistill.models.heads import HiddenStates, output_head, unwrap
 from anydistill.models.loading import build_from_config, freeze, max_positions
@@ -97,8 +98,8 @@ class StepSettings:
         bad = [v for v in variants if v not in VARIANTS]
         if bad:
             raise SettingsError(f"--compare {bad[0]!r} is not one of {', '.join(COMPARE_ENGINES)}")
-        if self.peak_tflops is not None and self.peak_tflops <= 0:
-            raise SettingsError("--peak-tflops must be > 0")
+        if self.peak_tflops is not None and not (0 < self.peak_tflops < float("inf")):
+            raise SettingsError(f"--peak-tflops {self.peak_tflops} must be a number > 0")
 
 
 # ---- counting ---------------------------------------------------------------------------
@@ -164,6 +165,88 @@ def build_model(
             spec.config, field=field, vocab_size=spec.config["vocab_size"], dtype=dtype, seed=seed
         )
     return model.to(device)
+
+
+def meta_model(spec: ModelSpec, dtype: torch.dtype, field: str) -> PreTrainedModel:
+    """The model's structure on the meta device: sizes and limits, no memory, no time."""
+    with torch.device("meta"):
+        return build_from_config(
+            spec.config, field=field, vocab_size=spec.config["vocab_size"], dtype=dtype, seed=0
+        )
+
+
+def _widths(model: PreTrainedModel) -> tuple[int, int, int]:
+    """Hidden size, MLP width and layer count (a 4x MLP when the config names none)."""
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else None
+    cfg = cfg or model.config
+    hidden = int(cfg.hidden_size)
+    inter = int(getattr(cfg, "intermediate_size", None) or 4 * hidden)
+    return hidden, inter, int(cfg.num_hidden_layers)
+
+
+def _kept_per_token(student: PreTrainedModel, settings: StepSettings, act: int) -> int:
+    """Bytes per token the student keeps for backward: ~16 hidden + 3 MLP values per layer,
+    or with checkpointing one hidden per layer plus one layer's recomputed set."""
+    hidden, inter, layers = _widths(student)
+    per_layer = (16 * hidden + 3 * inter) * act
+    if settings.gradient_checkpointing:
+        return layers * hidden * act + per_layer
+    return layers * per_layer
+
+
+def step_bytes(
+    teacher: PreTrainedModel,
+    student: PreTrainedModel,
+    settings: StepSettings,
+    device: torch.device,
+    vocab: int,
+) -> tuple[int, int]:
+    """(resident, peak) bytes of a step from the shapes alone (within ~10% of the measured
+    peaks of small models on the CPU).
+
+    Resident: the teacher's weights and the student's weights, gradients and AdamW moments.
+    The peak adds the student's activations kept for backward, both models' last hidden rows
+    (and their gradient), the loss engine's working set and the token batches (all of them on
+    the CPU, one on a GPU).
+    """
+    tokens = settings.batch * settings.seq_len
+    act = 2 if settings.dtype == "bf16" else 4
+    resident = param_count(teacher) * act + param_count(student) * 4 * 4
+    hidden_rows = tokens * (2 * _widths(student)[0] + _widths(teacher)[0]) * 4
+    rows = min(tokens, settings.chunk_size or auto_chunk_size(vocab, device))
+    working = working_set_bytes(rows, vocab, [settings.divergence])
+    batches = (settings.warmup + settings.steps if device.type == "cpu" else 1) * tokens * 17
+    activations = tokens * _kept_per_token(student, settings, act)
+    return resident, resident + activations + hidden_rows + working + batches
+
+
+def check_plan(
+    teacher_spec: ModelSpec, student_spec: ModelSpec, settings: StepSettings, device: torch.device
+) -> None:
+    """Refuse, before any weight is allocated, a --seq-len beyond a model and a step that
+    cannot fit (on the CPU an over-large step swaps or meets the OOM killer, not an error)."""
+    t_dtype = torch.bfloat16 if settings.dtype == "bf16" else torch.float32
+    teacher = meta_model(teacher_spec, t_dtype, "--teacher")
+    student = meta_model(student_spec, torch.float32, "--student")
+    _check_positions(teacher, settings.seq_len, "teacher")
+    _check_positions(student, settings.seq_len, "student")
+    vocab = min(output_head(teacher).weight.shape[0], int(student_spec.config["vocab_size"]))
+    resident, need = step_bytes(teacher, student, settings, device, vocab)
+    what = (
+        f"--batch {settings.batch} x --seq-len {settings.seq_len} with {teacher_spec.name} -> "
+        f"{student_spec.name} "
+        "(weights, gradients, AdamW state, activations and the loss's working set)"
+    )
+    room = memory.available_bytes(device)
+    if need <= room[0]:
+        return
+    if resident > room[0]:
+        fix = "pick smaller --teacher / --student models"
+    else:
+        fix = "lower --batch or --seq-len"
+        if not settings.gradient_checkpointing:
+            fix += " (or add --gradient-checkpointing)"
+    raise NotEnoughMemory(too_big(what, need, room, device, fix))
 
 
 def _check_positions(model: PreTrainedModel, seq_len: int, field: str) -> None:
@@ -437,6 +520,7 @@ def bench_step(
     """
     variants = list(variants or ["anydistill"])
     settings.check(variants)
+    check_plan(teacher_spec, student_spec, settings, device)
     t_dtype = torch.bfloat16 if settings.dtype == "bf16" else torch.float32
     teacher = freeze(build_model(teacher_spec, device, t_dtype, _SEEDS["teacher"], "--teacher"))
     _check_positions(teacher, settings.seq_len, "teacher")

@@ -30,6 +30,11 @@ from rich.table import Table
 from anydistill.config import config_from_dict
 from anydistill.demo.corpus import split_problems
 from anydistill.demo.tokenizer import train_tokenizer
+from anydistill.errors import ConfigError
+from anydistill.paths import check_writable_dir
+
+# Marks a --workdir as the demo's own, so a rerun may rewrite what an earlier run wrote there.
+WORKDIR_MARK = ".anydistill-demo"
 
 
 @dataclass(frozen=True)
@@ -216,6 +221,29 @@ def _cached_teacher(
     return cached
 
 
+def prepare_workdir(workdir: Path | None) -> Path:
+    """The demo's own folder: a new temp dir, or `workdir` when it is new, empty or made by an
+    earlier demo (it holds WORKDIR_MARK). The demo rewrites data/, tokenizer/ and its run
+    folders with `output.overwrite`, so a folder holding anything else is refused, untouched.
+    """
+    if workdir is None:
+        work = Path(tempfile.mkdtemp(prefix="anydistill-demo-"))
+    else:
+        work = check_writable_dir(workdir, "--workdir")
+        theirs = sorted(p.name for p in work.iterdir()) if work.is_dir() else []
+        if theirs and not (work / WORKDIR_MARK).is_file():
+            shown = ", ".join(theirs[:3]) + (", ..." if len(theirs) > 3 else "")
+            raise ConfigError(
+                f"--workdir {work} already holds files the demo did not write ({shown}); "
+                "give a new or empty directory"
+            )
+        work.mkdir(parents=True, exist_ok=True)
+    mark = work / WORKDIR_MARK
+    if not mark.is_file():  # first thing written: a rerun may then reuse the folder
+        mark.write_text("written by `anydistill demo`; it may rewrite this folder\n")
+    return work
+
+
 def run_demo(
     fast: bool = False,
     workdir: Path | None = None,
@@ -230,7 +258,7 @@ def run_demo(
 
     s = settings or (FAST if fast else FULL)
     console = Console(stderr=True, quiet=quiet)
-    work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="anydistill-demo-"))
+    work = prepare_workdir(workdir)
     data_dir, tok_dir = work / "data", work / "tokenizer"
     held_out = _write_data(s, data_dir)
     console.print(f"[bold]anydistill demo[/] ({'fast' if fast else 'full'}), work dir {work}")

@@ -2,21 +2,90 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import torch
 import yaml
 
-from anydistill.config import config_from_dict
+from anydistill.config import RunConfig, config_from_dict
 from anydistill.data import load_raw, tokenize_data
 from anydistill.data.cross import cross_data
-from anydistill.errors import ConfigError
+from anydistill.errors import ConfigError, DataError
 from anydistill.eval.cross_metrics import evaluate_cross
 from anydistill.eval.generation import exact_match_accuracy
 from anydistill.eval.metrics import evaluate
 from anydistill.models.loading import freeze, load_pretrained
 from anydistill.models.tokenizer import load_tokenizer, real_vocab_size
+from anydistill.paths import read_text
 from anydistill.train.setup import load_model, pick_device, teacher_tokenizer
+
+
+def run_config(run_dir: Path) -> RunConfig:
+    """The validated config.yaml of a run directory, or one sentence naming what is wrong."""
+    run_dir = Path(run_dir)
+    hint = "give a run directory made by `anydistill train`"
+    if not run_dir.exists():
+        raise ConfigError(f"{run_dir} does not exist; {hint}")
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is a file, not a run directory; {hint}")
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise ConfigError(
+            f"{run_dir} has no config.yaml: is this a run directory made by `anydistill train`?"
+        )
+    try:
+        data = yaml.safe_load(read_text(config_path, "config.yaml"))
+    except yaml.YAMLError as err:
+        first = str(err).splitlines()[0]
+        raise ConfigError(f"{config_path} is not valid YAML ({first}); restore the file") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{config_path} does not hold a recipe mapping; restore the file")
+    try:
+        return config_from_dict(data)
+    except ConfigError as err:  # say which file: the run's, not a recipe the user wrote
+        raise ConfigError(f"{config_path}: {err}") from None
+
+
+def final_dir(run_dir: Path) -> Path:
+    """`run_dir/final`, checked to hold a saved model."""
+    final = Path(run_dir) / "final"
+    if not final.is_dir():
+        raise ConfigError(
+            f"{run_dir} has no final/ student yet: finish (or resume) the run with "
+            "`anydistill train`"
+        )
+    if not (final / "config.json").is_file():
+        raise ConfigError(
+            f"{final} holds no saved model (no config.json): the run stopped while saving it; "
+            "resume the run with `anydistill train`"
+        )
+    return final
+
+
+def _check_inputs(task: str | None, texts: str | None, lm_eval: str | None) -> list[str] | None:
+    """Read --task and --texts (and find lm-eval) before any model loads, so a bad file fails
+    in seconds; returns the texts."""
+    if task is not None:
+        from anydistill.eval.tasks import load_task_records
+
+        try:
+            load_task_records(task)
+        except (ValueError, OSError) as err:  # bad JSON or encoding, unreadable
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise DataError(
+                f"--task: {task} is not a readable task file ({first}); give a .jsonl or "
+                ".json file of records, or a dataset folder"
+            ) from None
+    if lm_eval is not None and importlib.util.find_spec("lm_eval") is None:
+        raise ConfigError(
+            "--lm-eval needs the lm-eval package; install it with `pip install lm-eval`"
+        )
+    if texts is None:
+        return None
+    from anydistill.eval.text_bpb import load_texts
+
+    return load_texts(texts)
 
 
 def evaluate_run(
@@ -32,18 +101,9 @@ def evaluate_run(
 ) -> dict[str, float]:
     """Metrics of `run_dir/final` against the run's eval split; accuracy when answers exist;
     the score on a task file (`task`) and lm-eval harness tasks (`lm_eval`) when asked."""
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise ConfigError(
-            f"{run_dir} has no config.yaml: is this a run directory made by `anydistill train`?"
-        )
-    final = run_dir / "final"
-    if not final.is_dir():
-        raise ConfigError(
-            f"{run_dir} has no final/ student yet: finish (or resume) the run with "
-            "`anydistill train`"
-        )
-    cfg = config_from_dict(yaml.safe_load(config_path.read_text()))
+    cfg = run_config(run_dir)
+    final = final_dir(run_dir)
+    raw_texts = _check_inputs(task, texts, lm_eval)
     device = pick_device(cfg.train.device)
     tokenizer = load_tokenizer(str(final), field="final")  # the student's
     vocab = real_vocab_size(tokenizer)
@@ -97,12 +157,11 @@ def evaluate_run(
 
         for name, (model, tok) in models.items():
             result.update(task_scores({name: model}, tok, task, max_records, max_new_tokens))
-    if texts is not None:
-        from anydistill.eval.text_bpb import load_texts, text_bits_per_byte
+    if raw_texts is not None:
+        from anydistill.eval.text_bpb import text_bits_per_byte
 
-        raw = load_texts(texts)
         for name, (model, tok) in models.items():
-            bpb = text_bits_per_byte(model, tok, raw, max_len=cfg.data.seq_len)
+            bpb = text_bits_per_byte(model, tok, raw_texts, max_len=cfg.data.seq_len)
             result[f"{name}/text_bits_per_byte"] = bpb["bits_per_byte"]
     if lm_eval is not None:
         from anydistill.eval.task_eval import lm_eval_scores

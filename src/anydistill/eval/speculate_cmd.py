@@ -2,18 +2,58 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from anydistill.errors import ModelError
+from anydistill.paths import check_writable_file, disk_full_message, is_disk_full
+
+SPECULATE_FILE = "speculate.json"  # where `anydistill report` looks (report.bars)
 
 
 def model_dir(path: str) -> str:
     """A run directory stands for its final student; anything else is a model dir or hub id."""
     final = Path(path).expanduser() / "final"
     return str(final) if final.is_dir() else path
+
+
+def resolve_model(path: str, field: str) -> str:
+    """`model_dir`, checked: a run must have its final/ student, a local folder must hold a
+    saved model; one sentence naming `field` otherwise (a hub id is left to the loader)."""
+    local = Path(path).expanduser()
+    if local.is_file():
+        raise ModelError(
+            f"{field}: {path} is a file; give a run directory, a model directory or a hub id"
+        )
+    if not local.is_dir():
+        return path
+    final = local / "final"
+    if (local / "config.yaml").is_file() and not final.is_dir():
+        raise ModelError(
+            f"{field}: {path} is a run with no final/ student yet; finish it with "
+            "`anydistill train` (it resumes from the last checkpoint)"
+        )
+    found = final if final.is_dir() else local
+    if not (found / "config.json").is_file():
+        raise ModelError(
+            f"{field}: {found} holds no saved model (no config.json); give a run directory "
+            "with a final/ student, a model directory or a hub id"
+        )
+    return str(found)
+
+
+def _check_options(gamma: int, temperature: float, device: str) -> None:
+    if not 1 <= gamma <= 16:
+        raise ModelError(f"--gamma {gamma} must be between 1 and 16")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ModelError(f"--temperature {temperature} must be a finite number >= 0 (0 is greedy)")
+    if device not in ("auto", "cpu", "cuda"):
+        raise ModelError(f"--device {device!r} is not one of auto, cpu, cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("--device cuda was requested but no CUDA GPU is visible; use cpu")
 
 
 def run_speculate(
@@ -35,17 +75,13 @@ def run_speculate(
     from anydistill.models.tokenizer import check_same_tokenizer, load_tokenizer, real_vocab_size
     from anydistill.train.setup import pick_device
 
-    if not 1 <= gamma <= 16:
-        raise ModelError(f"--gamma {gamma} must be between 1 and 16")
-    if temperature < 0:
-        raise ModelError(f"--temperature {temperature} must be >= 0 (0 is greedy)")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ModelError("--device cuda was requested but no CUDA GPU is visible; use cpu")
+    _check_options(gamma, temperature, device)
     dev = pick_device(device)
-    t_dir, d_dir = model_dir(target), model_dir(drafter)
-    tokenizer = load_tokenizer(t_dir, field="target")
+    t_dir, d_dir = resolve_model(target, "--target"), resolve_model(drafter, "--drafter")
+    tokenizer = load_tokenizer(t_dir, field="--target")
+    d_tokenizer = load_tokenizer(d_dir, field="--drafter")
     try:
-        check_same_tokenizer(tokenizer, load_tokenizer(d_dir, field="drafter"))
+        check_same_tokenizer(tokenizer, d_tokenizer)
     except ModelError as err:  # speculative decoding has no cross-tokenizer mode
         detail = str(err).split("(", 1)[1].split(")", 1)[0]
         raise ModelError(
@@ -55,7 +91,7 @@ def run_speculate(
     texts = load_prompt_texts(data, column=column, max_prompts=max_prompts)
     models = [
         load_pretrained(path, field=field, dtype=torch.float32).to(dev).eval()
-        for path, field in ((t_dir, "target"), (d_dir, "drafter"))
+        for path, field in ((t_dir, "--target"), (d_dir, "--drafter"))
     ]
     return evaluate_speculation(
         models[0],
@@ -70,15 +106,31 @@ def run_speculate(
     )
 
 
+def check_save(drafter: str) -> Path:
+    """Before any work: `--save` needs the drafter to be a run directory that can take
+    speculate.json; returns that path."""
+    run = Path(drafter).expanduser()
+    if not (run / "config.yaml").is_file():
+        raise ModelError(
+            f"--save: {drafter} is not a run directory (no config.yaml); give a run as "
+            "--drafter or drop --save"
+        )
+    return check_writable_file(run / SPECULATE_FILE, "--save")
+
+
 def save_speculation(drafter: str, target: str, result: dict[str, Any]) -> Path:
     """Keep the result in the drafter's run directory, where `anydistill report` finds it."""
     import json
 
-    run = Path(drafter).expanduser()
-    if not (run / "config.yaml").is_file():
-        raise ModelError(f"--save: {drafter} is not a run directory (no config.yaml)")
-    out = run / "speculate.json"
+    out = check_save(drafter)
     tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({**result, "target": target}, indent=1) + "\n")
-    tmp.replace(out)
+    text = json.dumps({**result, "target": target}, indent=1) + "\n"
+    try:
+        tmp.write_text(text)
+        tmp.replace(out)  # a reader never sees half a file
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if is_disk_full(err):
+            raise ModelError(disk_full_message(out, len(text), f"{out} is as it was")) from None
+        raise ModelError(f"--save: cannot write {out} ({err.strerror or err})") from None
     return out

@@ -12,7 +12,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from anydistill.report.plots import PLOTS_DIR, _save
+from anydistill.report.plots import PLOTS_DIR, _save, numeric
 
 SPECULATE_FILE = "speculate.json"
 
@@ -30,7 +30,11 @@ def _bars(labels: list[str], values: list[float], title: str, ylabel: str, path:
 
 
 def agreement_by_frequency_plot(results: dict[str, Any], run_dir: Path) -> Path | None:
-    items = [(k.split("/", 1)[1], v) for k, v in results.items() if k.startswith("agree_freq/")]
+    items = [
+        (k.split("/", 1)[1], v)
+        for k, v in results.items()
+        if k.startswith("agree_freq/") and numeric(v)  # a hand-edited eval.json may hold text
+    ]
     if not items:
         return None
     labels = [name.replace("rank_", "") for name, _ in items]
@@ -48,15 +52,15 @@ def read_speculation(run_dir: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # unreadable, not UTF-8, not JSON: no section, no crash
         return None
     return data if isinstance(data, dict) else None
 
 
 def acceptance_plot(spec: dict[str, Any], run_dir: Path) -> Path | None:
     rates = spec.get("acceptance_by_position") or []
-    if not rates:
+    if not isinstance(rates, list) or not rates or not all(numeric(r) for r in rates):
         return None
     return _bars(
         [str(i) for i in range(1, len(rates) + 1)],

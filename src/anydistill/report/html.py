@@ -17,8 +17,10 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from anydistill.errors import DataError
+from anydistill.paths import disk_full_message, is_disk_full
 from anydistill.report.bars import acceptance_plot, agreement_by_frequency_plot, read_speculation
-from anydistill.report.plots import draw_plots, find_metrics, numeric, read_metrics
+from anydistill.report.plots import PLOTS_DIR, draw_plots, find_metrics, numeric, read_metrics
 
 __all__ = ["write_report"]
 
@@ -162,10 +164,38 @@ def write_report(run_dir: Path) -> Path:
     The page holds the run name, the final eval (``eval.json`` if present, else the last eval
     row) with student and teacher side by side, the last training metrics, the plots and the
     resolved ``config.yaml``. Raises ``FileNotFoundError`` if ``run_dir`` or its
-    ``metrics.jsonl`` is missing.
+    ``metrics.jsonl`` is missing, ``DataError`` (one sentence) when the report cannot be
+    written there or the metrics cannot be read.
     """
     run_dir = Path(run_dir)
-    train, evals = read_metrics(find_metrics(run_dir))
+    metrics = find_metrics(run_dir)
+    _check_writable(run_dir)
+    try:
+        return _write(run_dir, metrics)
+    except OSError as err:  # unreadable metrics, a disk that filled up meanwhile
+        if is_disk_full(err):
+            raise DataError(disk_full_message(run_dir, None, "the last report is intact")) from None
+        where = err.filename or run_dir
+        raise DataError(f"cannot make the report: {where}: {err.strerror or err}") from None
+
+
+def _check_writable(run_dir: Path) -> None:
+    """Before drawing anything: the page and its plots have somewhere to go."""
+    plots, page = run_dir / PLOTS_DIR, run_dir / REPORT_FILE
+    if plots.exists() and not plots.is_dir():
+        raise DataError(f"{plots} is a file, but the report draws its plots there; move it away")
+    if page.is_dir():
+        raise DataError(f"{page} is a directory, but the report is written there; move it away")
+    for where in (run_dir, plots):
+        if where.is_dir() and not os.access(where, os.W_OK | os.X_OK):
+            raise DataError(
+                f"{where} is not writable, so the report cannot be written; make it writable "
+                "(chmod u+w) or copy the run somewhere you can write"
+            )
+
+
+def _write(run_dir: Path, metrics: Path) -> Path:
+    train, evals = read_metrics(metrics)
     plots = draw_plots(run_dir, train, evals)
     name = run_dir.resolve().name
 

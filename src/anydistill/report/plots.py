@@ -32,6 +32,11 @@ _DPI = 110
 def find_metrics(run_dir: Path) -> Path:
     """Return ``run_dir/metrics.jsonl``, or raise a one-sentence ``FileNotFoundError``."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileNotFoundError(
+            f"{run_dir} is a file, not a run directory: pass the runs/NAME directory that "
+            "`anydistill train` created."
+        )
     if not run_dir.is_dir():
         raise FileNotFoundError(
             f"Run directory {run_dir} does not exist: pass the runs/NAME directory that "
