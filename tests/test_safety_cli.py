@@ -153,7 +153,7 @@ CASES = {
     "bench-loss-out-dir": ([*LOSS, "--out", "{root}"], "--out: {root} is a directory"),
     "bench-loss-out-under-file": (
         [*LOSS, "--out", "{file}/loss.json"],
-        "--out: {file} is a file, not a directory",
+        "--out: {file}/loss.json cannot be written because {file} is a file",
     ),
     "bench-step-out-dir": ([*TINY_STEP, "--out", "{emptydir}"], "--out: {emptydir} is a dir"),
     "bench-cache-out-dir": (["bench", "cache", "--out", "{emptydir}"], "--out: {emptydir} is a"),

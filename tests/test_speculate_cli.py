@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from test_bad_input import fails_with, run_cli
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -60,3 +61,17 @@ def test_tokenizer_mismatch_and_bad_options(tiny_pair, tmp_path):
     fails_with(_speculate(teacher, other, data), "target and drafter tokenizers differ")
     fails_with(_speculate(teacher, teacher, data, "--gamma", "0"), "--gamma 0")
     fails_with(_speculate(teacher, teacher, str(tmp_path / "none.jsonl")), "none.jsonl")
+
+
+def test_positions_no_round_reached_are_null_not_nan(tiny_pair, tmp_path):
+    """--max-new-tokens below --gamma: later draft positions are never proposed; the JSON
+    stays valid (null, not NaN) and the text output shows a dash."""
+    teacher, _ = tiny_pair
+    args = ["--gamma", "6", "--max-new-tokens", "2"]
+    result = _speculate(teacher, teacher, _prompts(tmp_path), *args, "--json")
+    assert result.exit_code == 0, result.output
+    rates = json.loads(result.output, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert rates["acceptance_by_position"][0] == 1.0
+    assert rates["acceptance_by_position"][-1] is None
+    text = _speculate(teacher, teacher, _prompts(tmp_path), *args)
+    assert text.exit_code == 0 and ", -" in text.output

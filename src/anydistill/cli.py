@@ -212,7 +212,7 @@ def speculate(
         return
     for key in ("acceptance_rate", "mean_accepted", "speedup", "greedy_identical"):
         typer.echo(f"{key}: {result[key]}")
-    rates = ", ".join(f"{r:.2f}" for r in result["acceptance_by_position"])
+    rates = ", ".join("-" if r is None else f"{r:.2f}" for r in result["acceptance_by_position"])
     typer.echo(f"acceptance by draft position: {rates}")
 
 

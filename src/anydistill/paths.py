@@ -45,6 +45,11 @@ def check_writable_file(path: str | Path, field: str) -> Path:
         raise ConfigError(f"{field}: {path} is a directory; give a file path")
     if path.exists() and not os.access(path, os.W_OK):
         raise ConfigError(f"{field}: {path} is not writable; give a file you can write")
+    base = _nearest_existing(path.parent.absolute())
+    if not base.is_dir():
+        raise ConfigError(
+            f"{field}: {path} cannot be written because {base} is a file; give another path"
+        )
     check_writable_dir(path.parent if str(path.parent) else Path("."), field)
     return path
 

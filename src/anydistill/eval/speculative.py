@@ -384,8 +384,9 @@ def evaluate_speculation(
         "mean_accepted": new_tokens / calls if calls else float("nan"),
         "speedup": target_seconds / spec_seconds if spec_seconds > 0 else float("nan"),
         "greedy_identical": greedy_target == greedy_spec,
+        # null for a position no round reached (--max-new-tokens below --gamma): JSON has no NaN
         "acceptance_by_position": [
-            a / p if p else float("nan") for a, p in zip(by_pos_acc, by_pos_prop, strict=True)
+            a / p if p else None for a, p in zip(by_pos_acc, by_pos_prop, strict=True)
         ],
         "gamma": gamma,
         "temperature": temperature,

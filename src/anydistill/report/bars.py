@@ -60,11 +60,14 @@ def read_speculation(run_dir: Path) -> dict[str, Any] | None:
 
 def acceptance_plot(spec: dict[str, Any], run_dir: Path) -> Path | None:
     rates = spec.get("acceptance_by_position") or []
-    if not isinstance(rates, list) or not rates or not all(numeric(r) for r in rates):
+    if not isinstance(rates, list) or not rates or not all(r is None or numeric(r) for r in rates):
+        return None
+    reached = [(i, float(r)) for i, r in enumerate(rates, start=1) if r is not None]
+    if not reached:
         return None
     return _bars(
-        [str(i) for i in range(1, len(rates) + 1)],
-        [float(r) for r in rates],
+        [str(i) for i, _ in reached],
+        [r for _, r in reached],
         f"Speculative acceptance by draft position (gamma {spec.get('gamma')})",
         "accepted share",
         run_dir / PLOTS_DIR / "acceptance_by_position.png",

@@ -205,13 +205,13 @@ def token_selector(cfg: RunConfig, parts: RunParts, device: torch.device):
     spec = cfg.objective.token_selection
     if spec is None:
         return None
-    from anydistill.eval.speculate_cmd import model_dir
+    from anydistill.eval.speculate_cmd import resolve_model
     from anydistill.models.loading import load_pretrained
     from anydistill.models.tokenizer import check_same_tokenizer, load_tokenizer
     from anydistill.train.selection import TokenSelector
 
-    path = model_dir(spec.reference)
     field_name = "objective.token_selection.reference"
+    path = resolve_model(spec.reference, field_name)
     check_same_tokenizer(parts.tokenizer, load_tokenizer(path, field=field_name))
     reference = freeze(load_pretrained(path, field=field_name, dtype=torch.float32).to(device))
     return TokenSelector(reference, spec.keep, parts.vocab_size)
