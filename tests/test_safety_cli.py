@@ -281,7 +281,7 @@ def test_naive_logits_that_cannot_fit_are_an_error_record(monkeypatch):
 
 def test_step_estimate_is_close_to_the_measured_peak():
     from anydistill.bench.presets import resolve_model
-    from anydistill.bench.step import StepSettings, meta_model, step_bytes
+    from anydistill.bench.step_plan import StepSettings, meta_model, step_bytes
 
     args = ["--device", "cpu", "--batch", "4", "--seq-len", "64", "--steps", "1", "--warmup", "0"]
     result = run_cli(*TINY_STEP, *args, "--json")

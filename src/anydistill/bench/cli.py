@@ -186,7 +186,8 @@ def step_cmd(
     _check_out(out)
     quiet_libraries()
     from anydistill.bench.presets import resolve_model
-    from anydistill.bench.step import H100_BF16_TFLOPS, StepSettings, bench_step, print_step_table
+    from anydistill.bench.step import H100_BF16_TFLOPS, StepSettings, bench_step
+    from anydistill.bench.table import print_step_table
     from anydistill.errors import AnydistillError
 
     try:
