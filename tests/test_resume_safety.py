@@ -311,3 +311,17 @@ def test_shipped_recipes_restart_after_a_kill_before_their_first_checkpoint(
     train(cfg("whole"))
     assert same_weights(tmp_path / "cut", tmp_path / "whole")
     assert comparable(tmp_path / "cut") == comparable(tmp_path / "whole")
+
+
+def test_killed_during_the_final_eval_then_rerun_logs_it_once(tmp_path, unbroken):
+    """A kill after the last checkpoint but before final/ and eval.json: the rerun redoes
+    only the end, and the log has one final eval row, as an unbroken run's."""
+    import shutil
+
+    path = recipe(tmp_path, "run")
+    ok(path)
+    shutil.rmtree(tmp_path / "run" / "final")
+    (tmp_path / "run" / "eval.json").unlink()
+    ok(path)
+    assert comparable(tmp_path / "run") == comparable(unbroken)
+    assert same_weights(tmp_path / "run", unbroken)
