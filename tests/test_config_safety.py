@@ -206,3 +206,18 @@ def test_saved_config_finds_its_files_from_another_directory(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     result = run_cli("eval", project / "runs" / "a", "--json")
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["cache", "{recipe}", "--batch-size", "0"], "Invalid value for '--batch-size'"),
+        (["train", "{recipe}", "--bogus"], "No such option: --bogus"),
+        (["bench", "loss", "--chunk-size", "0"], "Invalid value for '--chunk-size'"),
+    ],
+)
+def test_bad_arguments_are_one_line_with_the_reason(tmp_path, args, message):
+    """click's usage panel becomes one `error:` line that names the option and the reason."""
+    path = write(tmp_path)
+    line = fails_cleanly([a.replace("{recipe}", str(path)) for a in args], message, tmp_path)
+    assert "--help" in line

@@ -226,3 +226,35 @@ def test_out_that_cannot_be_written(case, message, tmp_path, write_recipe, monke
         if (tmp_path / "ro").exists():  # let pytest clean it up
             (tmp_path / "ro").chmod(0o755)
     assert line.startswith("error: --out: ")
+
+
+@pytest.mark.parametrize(
+    "extra, overrides, message",
+    [
+        (["--k", "-3"], [], "--k must be at least 1"),
+        (["--k", "100000"], [], "--k 100000 must be at most the vocabulary size"),
+        (["--value-bits", "10"], [], "--value-bits must be one of 8, 12, 16, 32"),
+        (["--samples-per-shard", "0"], [], "--samples-per-shard"),
+        ([], ["data.seq_len=1024"], "data.seq_len"),  # fails after the tokenizer is trained
+    ],
+)
+def test_a_cache_that_fails_to_start_leaves_nothing(
+    tmp_path, write_recipe, extra, overrides, message
+):
+    path = write_recipe(_recipe(tmp_path))
+    fails_cleanly(
+        ["cache", path, *overrides, "--out", tmp_path / "cache", *extra], message, tmp_path
+    )
+    assert not (tmp_path / "cache").exists()
+
+
+def test_cache_out_holding_user_files_is_refused(tmp_path, write_recipe):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    path = write_recipe(_recipe(tmp_path))
+    fails_cleanly(
+        ["cache", path, "--out", out, *CLI_SETTINGS],
+        "holds files that are not a teacher cache",
+        tmp_path,
+    )

@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from anydistill.models.heads import HiddenStates, output_head
 from anydistill.models.loading import freeze, max_positions
 from anydistill.models.tokenizer import real_vocab_size
 from anydistill.paths import check_writable_dir, disk_full_message, is_disk_full
-from anydistill.teachers.cache.codec import Codec
+from anydistill.teachers.cache.codec import VALUE_BITS, Codec
 from anydistill.teachers.cache.keys import dataset_fingerprint, example_key, tokenizer_hash
 from anydistill.teachers.cache.manifest import (
     FORMAT,
@@ -123,22 +125,65 @@ def _check_same_cache(old: dict[str, Any], new: dict[str, Any], out: Path) -> No
             )
 
 
+# What a cache directory holds; anything else in --out is the user's, and refused.
+_CACHE_NAMES = re.compile(
+    r"^(manifest\.json|tokenizer|shard-\d+\.(rows|keys\.json|sum\.json))(\.tmp)?$"
+)
+
+
+def _check_out(out: Path, settings: CacheSettings) -> Path:
+    """--out is new, empty or a cache; the settings make sense. Nothing is made here."""
+    if bad := [n for n in ("k", "samples_per_shard", "batch_size") if getattr(settings, n) < 1]:
+        raise ConfigError(f"--{bad[0].replace('_', '-')} must be at least 1")
+    if settings.value_bits not in VALUE_BITS:
+        raise ConfigError(f"--value-bits must be one of {', '.join(map(str, VALUE_BITS))}")
+    out = check_writable_dir(out, "--out")
+    theirs = (
+        sorted(p.name for p in out.iterdir() if not _CACHE_NAMES.match(p.name))
+        if out.is_dir()
+        else []
+    )
+    if theirs:
+        shown = ", ".join(theirs[:3]) + (f" and {len(theirs) - 3} more" if len(theirs) > 3 else "")
+        raise ConfigError(
+            f"--out: {out} holds files that are not a teacher cache ({shown}); choose an empty "
+            "or new directory"
+        )
+    return out
+
+
 def write_cache(cfg: RunConfig, out: Path, settings: CacheSettings, progress: bool = True) -> Path:
-    """Write (or finish) the cache in `out`; returns the manifest path."""
+    """Write (or finish) the cache in `out`; returns the manifest path. A start that fails
+    before its first shard removes what it made (the folder, the trained tokenizer)."""
     if cfg.teacher.kind == "cache":
         raise ConfigError("teacher.kind: `anydistill cache` needs a teacher model, not a cache")
-    out = check_writable_dir(out, "--out")  # before anything is made
+    out = _check_out(out, settings)  # before anything is made
+    made_out, made_tok = not out.exists(), not (out / "tokenizer").exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _write(cfg, out, settings, progress)
+    except BaseException:
+        if not (out / "manifest.json").exists():
+            if made_tok:
+                shutil.rmtree(out / "tokenizer", ignore_errors=True)
+            if made_out and not any(out.iterdir()):
+                out.rmdir()
+        raise
+
+
+def _write(cfg: RunConfig, out: Path, settings: CacheSettings, progress: bool) -> Path:
     device = pick_device(cfg.train.device)
     train_ds, eval_ds, tokenizer = raw_data_and_tokenizer(cfg, out)
-    if not (out / "tokenizer").is_dir():  # training from the cache reads it from here
-        tokenizer.save_pretrained(str(out / "tokenizer.tmp"))
-        (out / "tokenizer.tmp").rename(out / "tokenizer")
     vocab = real_vocab_size(tokenizer)
     try:
         codec = Codec(settings.k, vocab, settings.value_bits, settings.max_gap)
-    except ValueError as err:
-        raise ConfigError(f"cache: {err}") from None
+    except ValueError:
+        raise ConfigError(
+            f"--k {settings.k} must be at most the vocabulary size ({vocab})"
+        ) from None
+    if not (out / "tokenizer").is_dir():  # training from the cache reads it from here
+        tokenizer.save_pretrained(str(out / "tokenizer.tmp"))
+        (out / "tokenizer.tmp").rename(out / "tokenizer")
     samples = _unique_samples(tokenized(cfg, train_ds, eval_ds, tokenizer))
     header = _header(
         cfg,
