@@ -274,11 +274,17 @@ def test_ctrl_c_mid_run_saves_and_the_same_command_resumes(tmp_path):
     assert comparable(tmp_path / "cut") == comparable(tmp_path / "whole")
 
 
+GENERATING = ("seqkd", "onpolicy", "mixture", "replay", "contrastive", "drafter_distillspec")
+
+
 class Killed(BaseException):
     """What kill -9 leaves: no handler runs, only the kernel releases the lock."""
 
 
-@pytest.mark.parametrize("name", ["fkl", "seqkd", "replay", "cross_tokenizer_alm", "lora"])
+SHIPPED = sorted(p.stem for p in (Path(__file__).parents[1] / "recipes" / "tiny").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_recipes_restart_after_a_kill_before_their_first_checkpoint(
     tmp_path, monkeypatch, name
 ):
@@ -289,10 +295,16 @@ def test_shipped_recipes_restart_after_a_kill_before_their_first_checkpoint(
     def cfg(run: str):
         changes = {**BASE, "train__save_every": 0, "train__max_steps": 4, "eval__every": 2}
         changes["output__dir"] = str(tmp_path / run)
-        if name == "seqkd":
+        if name in GENERATING:
             changes["source__generation"] = {"max_new_tokens": 8, "batch_size": 16}
+        if name == "drafter_adaspec":  # its reference: a drafter run made first
+            changes["objective__token_selection"] = {"reference": str(reference), "keep": 0.4}
         return config_from_dict(tiny_recipe(name, **changes))
 
+    reference = tmp_path / "reference"
+    if name == "drafter_adaspec":
+        spec = {**BASE, "train__max_steps": 2, "output__dir": str(reference)}
+        train(config_from_dict(tiny_recipe("drafter_distillspec", **spec)))
     step = "cross_train_step" if name.startswith("cross") else "train_step"
     real, calls = getattr(loop, step), []
 
