@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 from anydistill.errors import ConfigError, DataError
@@ -52,6 +53,23 @@ def check_writable_file(path: str | Path, field: str) -> Path:
         )
     check_writable_dir(path.parent if str(path.parent) else Path("."), field)
     return path
+
+
+def few(names: Iterable[str], n: int = 3) -> str:
+    """`a, b, c and 4 more`: enough names for a sentence."""
+    names = sorted(names)
+    shown = ", ".join(names[:n])
+    return shown + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def refuse_foreign(path: Path, field: str, theirs: Iterable[str], whose: str) -> None:
+    """One sentence when a folder we would write into holds files that are not ours."""
+    theirs = list(theirs)
+    if theirs:
+        raise ConfigError(
+            f"{field}: {path} holds files that {whose} ({few(theirs)}); choose an empty or new "
+            "directory"
+        )
 
 
 def check_readable_file(path: str | Path, field: str, hint: str = "") -> Path:

@@ -31,7 +31,7 @@ from anydistill.config import config_from_dict
 from anydistill.demo.corpus import split_problems
 from anydistill.demo.tokenizer import train_tokenizer
 from anydistill.errors import ConfigError
-from anydistill.paths import check_writable_dir
+from anydistill.paths import check_writable_dir, few
 
 # Marks a --workdir as the demo's own, so a rerun may rewrite what an earlier run wrote there.
 WORKDIR_MARK = ".anydistill-demo"
@@ -232,9 +232,8 @@ def prepare_workdir(workdir: Path | None) -> Path:
         work = check_writable_dir(workdir, "--workdir")
         theirs = sorted(p.name for p in work.iterdir()) if work.is_dir() else []
         if theirs and not (work / WORKDIR_MARK).is_file():
-            shown = ", ".join(theirs[:3]) + (", ..." if len(theirs) > 3 else "")
             raise ConfigError(
-                f"--workdir {work} already holds files the demo did not write ({shown}); "
+                f"--workdir {work} already holds files the demo did not write ({few(theirs)}); "
                 "give a new or empty directory"
             )
         work.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from anydistill.errors import ModelError
+from anydistill.paths import few
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -186,11 +187,6 @@ def _check_safetensors(directory: Path, field: str) -> None:
             ) from None
 
 
-def _few(names: list[str], n: int = 3) -> str:
-    shown = ", ".join(names[:n])
-    return shown + (f" and {len(names) - n} more" if len(names) > n else "")
-
-
 def _check_loading_info(
     model: PreTrainedModel, info: dict[str, Any], field: str, path: str
 ) -> None:
@@ -200,12 +196,12 @@ def _check_loading_info(
     mismatched = sorted(info.get("mismatched_keys") or ())
     problems = []
     if missing:
-        problems.append(f"missing {_few(missing)}")
+        problems.append(f"missing {few(missing)}")
     if unexpected:
-        problems.append(f"unexpected {_few(unexpected)}")
+        problems.append(f"unexpected {few(unexpected)}")
     if mismatched:
         shapes = [f"{k} (file {list(old)}, config {list(new)})" for k, old, new in mismatched]
-        problems.append(f"wrong shape {_few(shapes)}")
+        problems.append(f"wrong shape {few(shapes)}")
     if problems:
         raise ModelError(
             f"{field}: the checkpoint in {path} does not match its config ("

@@ -19,7 +19,7 @@ from typing import Any
 
 from anydistill.data.tokenize import Example
 from anydistill.errors import ConfigError
-from anydistill.paths import check_writable_dir
+from anydistill.paths import check_writable_dir, refuse_foreign
 from anydistill.sources.completer import Completer
 from anydistill.train.progress import CountProgress
 
@@ -88,11 +88,9 @@ def _check_store(store: Path, key: str) -> None:
                 "teacher or sampling settings; delete it or point source.store elsewhere"
             )
         return
-    if store.is_dir() and any(store.iterdir()):
-        raise ConfigError(
-            f"source.store: {store} holds files that are not teacher generations; choose an "
-            "empty or new directory"
-        )
+    if store.is_dir():
+        theirs = [p.name for p in store.iterdir()]
+        refuse_foreign(store, "source.store", theirs, "are not teacher generations")
     store.mkdir(parents=True, exist_ok=True)
     tmp = meta.with_suffix(".tmp")
     tmp.write_text(json.dumps({"fingerprint": key}))

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from anydistill.errors import ConfigError
-from anydistill.paths import check_writable_dir
+from anydistill.paths import check_writable_dir, few, refuse_foreign
 from anydistill.train.checkpoint import list_checkpoints
 from anydistill.train.lock import LOCK_FILE, RunLock
 
@@ -54,12 +54,6 @@ FIELD = "output.dir"
 def is_ours(name: str) -> bool:
     """A name a run writes into its directory (temp names included)."""
     return name.removesuffix(".tmp") in RUN_ENTRIES
-
-
-def _few(names: Iterable[str]) -> str:
-    names = sorted(names)
-    shown = ", ".join(names[:3])
-    return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def _names(path: Path) -> set[str]:
@@ -130,16 +124,13 @@ class RunDir:
 
     def _check_owned(self, names: set[str], overwrite: bool) -> None:
         theirs = names - {LOCK_FILE}
-        if theirs and MARKER not in names and not _looks_like_old_run(self.path, theirs):
-            raise ConfigError(
-                f"{FIELD}: {self.path} holds files that anydistill did not write "
-                f"({_few(theirs)}); choose an empty or new directory"
-            )
+        if MARKER not in names and not _looks_like_old_run(self.path, theirs):
+            refuse_foreign(self.path, FIELD, theirs, "anydistill did not write")
         foreign = [n for n in theirs if not is_ours(n)]
         if overwrite and foreign:
             raise ConfigError(
                 f"output.overwrite: {self.path} holds files that are not part of the run "
-                f"({_few(foreign)}); move them out or choose another output.dir"
+                f"({few(foreign)}); move them out or choose another output.dir"
             )
 
     def _choose_mode(self, names: set[str], overwrite: bool, resume: bool, keep: set[str]) -> str:

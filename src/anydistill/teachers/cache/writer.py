@@ -30,7 +30,12 @@ from anydistill.losses.chunk_math import head_logits
 from anydistill.models.heads import HiddenStates, output_head
 from anydistill.models.loading import freeze, max_positions
 from anydistill.models.tokenizer import real_vocab_size
-from anydistill.paths import check_writable_dir, disk_full_message, is_disk_full
+from anydistill.paths import (
+    check_writable_dir,
+    disk_full_message,
+    is_disk_full,
+    refuse_foreign,
+)
 from anydistill.teachers.cache.codec import VALUE_BITS, Codec
 from anydistill.teachers.cache.keys import dataset_fingerprint, example_key, tokenizer_hash
 from anydistill.teachers.cache.manifest import (
@@ -138,17 +143,9 @@ def _check_out(out: Path, settings: CacheSettings) -> Path:
     if settings.value_bits not in VALUE_BITS:
         raise ConfigError(f"--value-bits must be one of {', '.join(map(str, VALUE_BITS))}")
     out = check_writable_dir(out, "--out")
-    theirs = (
-        sorted(p.name for p in out.iterdir() if not _CACHE_NAMES.match(p.name))
-        if out.is_dir()
-        else []
-    )
-    if theirs:
-        shown = ", ".join(theirs[:3]) + (f" and {len(theirs) - 3} more" if len(theirs) > 3 else "")
-        raise ConfigError(
-            f"--out: {out} holds files that are not a teacher cache ({shown}); choose an empty "
-            "or new directory"
-        )
+    if out.is_dir():
+        theirs = [p.name for p in out.iterdir() if not _CACHE_NAMES.match(p.name)]
+        refuse_foreign(out, "--out", theirs, "are not a teacher cache")
     return out
 
 
