@@ -58,8 +58,8 @@ def tiny_pair(tmp_path_factory) -> tuple[Path, Path]:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from anydistill.demo.corpus import arithmetic_problems
-    from anydistill.demo.tokenizer import train_tokenizer
+    from anydistill.data.synthetic import arithmetic_problems
+    from anydistill.models.tokenizer_training import train_tokenizer
 
     root = tmp_path_factory.mktemp("tiny_pair")
     texts = [r["text"] for r in arithmetic_problems(400, seed=0)]

@@ -142,7 +142,7 @@ def test_normalize_expression() -> None:
 
 
 def test_demo_corpus_answers_extract() -> None:
-    from anydistill.demo.corpus import arithmetic_problems
+    from anydistill.data.synthetic import arithmetic_problems
 
     for record in arithmetic_problems(200, seed=3, difficulty="medium"):
         assert extract_answer(record["completion"]) == record["answer"]

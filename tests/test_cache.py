@@ -122,8 +122,8 @@ def test_foreign_or_misaligned_caches_are_refused(exact_cache, tmp_path):
     other = tmp_path / "other"  # the same cache, but beside a different tokenizer
     shutil.copytree(cache, other)
     shutil.rmtree(other / "tokenizer")
-    from anydistill.demo.corpus import arithmetic_problems
-    from anydistill.demo.tokenizer import train_tokenizer
+    from anydistill.data.synthetic import arithmetic_problems
+    from anydistill.models.tokenizer_training import train_tokenizer
 
     texts = [r["text"] for r in arithmetic_problems(400, seed=0)]
     train_tokenizer(texts, vocab_size=400).save_pretrained(str(other / "tokenizer"))

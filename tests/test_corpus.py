@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from anydistill.demo.corpus import (
+from anydistill.data.synthetic import (
     DIFFICULTIES,
     arithmetic_problems,
     corpus_text,

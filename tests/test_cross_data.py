@@ -11,11 +11,11 @@ import torch
 
 from anydistill.align.token_bytes import token_view
 from anydistill.config import DataConfig
+from anydistill.data.aligned import collate_cross
 from anydistill.data.cross import concat, cross_data, record_example, windows
-from anydistill.demo.corpus import arithmetic_problems
-from anydistill.demo.tokenizer import train_tokenizer
+from anydistill.data.synthetic import arithmetic_problems
 from anydistill.errors import DataError
-from anydistill.losses.cross.batch import collate_cross
+from anydistill.models.tokenizer_training import train_tokenizer
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 TEXTS = [r["text"] for r in arithmetic_problems(300, seed=3)] + [

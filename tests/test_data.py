@@ -328,7 +328,7 @@ def test_tokenize_data_many_records(tok):
 
 
 def test_synthetic_arithmetic(tok):
-    pytest.importorskip("anydistill.demo.corpus")
+    pytest.importorskip("anydistill.data.synthetic")
     cfg = DataConfig(synthetic="arithmetic", synthetic_size=50, eval_fraction=0.1, seq_len=256)
     train, ev = load_raw(cfg, seed=0)
     assert (len(train), len(ev)) == (50, 10)

@@ -46,15 +46,15 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tok():
-    from anydistill.demo.corpus import arithmetic_problems
-    from anydistill.demo.tokenizer import train_tokenizer
+    from anydistill.data.synthetic import arithmetic_problems
+    from anydistill.models.tokenizer_training import train_tokenizer
 
     return train_tokenizer([r["text"] for r in arithmetic_problems(200, seed=0)], vocab_size=320)
 
 
 @pytest.fixture(scope="module")
 def examples(tok):
-    from anydistill.demo.corpus import arithmetic_problems
+    from anydistill.data.synthetic import arithmetic_problems
 
     rows = arithmetic_problems(24, seed=1)
     return tokenize_pairs([r["prompt"] for r in rows], [r["completion"] for r in rows], tok)

@@ -248,7 +248,7 @@ def test_missing_vllm_is_one_sentence(tmp_path, write_recipe):
 
 
 def test_generating_from_text_only_data_names_the_source_key(tmp_path, write_recipe):
-    from anydistill.demo.corpus import arithmetic_problems
+    from anydistill.data.synthetic import arithmetic_problems
 
     rows = arithmetic_problems(80, seed=2)
     data = tmp_path / "text.jsonl"

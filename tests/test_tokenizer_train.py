@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from anydistill.demo.corpus import arithmetic_problems, corpus_text
-from anydistill.demo.tokenizer import (
+from anydistill.data.synthetic import arithmetic_problems, corpus_text
+from anydistill.models.tokenizer_training import (
     ASSISTANT_TOKEN,
     SPECIAL_TOKENS,
     USER_TOKEN,
@@ -114,8 +114,9 @@ def test_deterministic_training(tok) -> None:
 def test_deterministic_across_processes(tok) -> None:
     # Rust hash maps are seeded per process; the vocab must not depend on that.
     code = (
-        "from anydistill.demo.corpus import arithmetic_problems as a;"
-        "from anydistill.demo.tokenizer import train_tokenizer as t, tokenizer_fingerprint as f;"
+        "from anydistill.data.synthetic import arithmetic_problems as a;"
+        "from anydistill.models.tokenizer_training import train_tokenizer as t,"
+        " tokenizer_fingerprint as f;"
         "print(f(t([r['text'] for r in a(1500, seed=0)], vocab_size=400)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -32,7 +32,7 @@ def quick(tmp_path: Path, name: str, recipe: str = "fkl", **changes) -> dict:
 
 
 def test_chat_messages_train_on_assistant_turns(tmp_path):
-    from anydistill.demo.corpus import arithmetic_problems
+    from anydistill.data.synthetic import arithmetic_problems
 
     rows = [
         {

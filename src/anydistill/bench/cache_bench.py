@@ -23,7 +23,7 @@ import torch
 
 from anydistill.config import config_from_dict
 from anydistill.data.collate import collate
-from anydistill.demo.corpus import split_problems
+from anydistill.data.synthetic import split_problems
 from anydistill.losses.chunk_math import head_logits
 from anydistill.models.heads import HiddenStates, output_head
 from anydistill.teachers.cache.codec import Codec
@@ -35,7 +35,7 @@ from anydistill.train.step import step_inputs
 def demo_teacher(work: Path) -> Path:
     """The fast demo's trained teacher (trained once, then cached like the demo's)."""
     from anydistill.demo.run import FAST, _cached_teacher, _write_data
-    from anydistill.demo.tokenizer import train_tokenizer
+    from anydistill.models.tokenizer_training import train_tokenizer
 
     data_dir, tok_dir = work / "demo-data", work / "demo-tokenizer"
     _write_data(FAST, data_dir)

@@ -133,7 +133,7 @@ def _messages_verdict(messages: Any, column: str, may_be_empty: bool = False) ->
 
 
 def _synthetic(cfg: DataConfig, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
-    from anydistill.demo.corpus import split_problems  # demo code only loads when asked for
+    from anydistill.data.synthetic import split_problems  # demo code only loads when asked for
 
     n = cfg.synthetic_size
     if cfg.max_examples is not None:

@@ -32,10 +32,10 @@ import numpy as np
 
 from anydistill.align.chunks import align_chat, align_texts
 from anydistill.config import DataConfig
+from anydistill.data.aligned import CrossExample
 from anydistill.data.build import _columns
 from anydistill.data.tokenize import _bos_eos, _clean, detect_mode
 from anydistill.errors import DataError
-from anydistill.losses.cross.batch import CrossExample
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 

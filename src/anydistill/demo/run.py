@@ -28,9 +28,9 @@ from rich.console import Console
 from rich.table import Table
 
 from anydistill.config import config_from_dict
-from anydistill.demo.corpus import split_problems
-from anydistill.demo.tokenizer import train_tokenizer
+from anydistill.data.synthetic import split_problems
 from anydistill.errors import ConfigError
+from anydistill.models.tokenizer_training import train_tokenizer
 from anydistill.paths import check_writable_dir, few
 
 # Marks a --workdir as the demo's own, so a rerun may rewrite what an earlier run wrote there.

@@ -24,8 +24,8 @@ from torch import Tensor
 
 from anydistill.align.token_bytes import token_view
 from anydistill.data import eval_batches
+from anydistill.data.aligned import CrossExample, collate_cross
 from anydistill.losses.chunk_math import head_logits
-from anydistill.losses.cross.batch import CrossExample, collate_cross
 from anydistill.models.heads import HiddenStates, output_head
 from anydistill.models.tokenizer import real_vocab_size
 

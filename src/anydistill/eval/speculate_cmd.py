@@ -9,40 +9,10 @@ from typing import Any
 import torch
 
 from anydistill.errors import ModelError
+from anydistill.models.resolve import resolve_model
 from anydistill.paths import check_writable_file, disk_full_message, is_disk_full
 
 SPECULATE_FILE = "speculate.json"  # where `anydistill report` looks (report.bars)
-
-
-def model_dir(path: str) -> str:
-    """A run directory stands for its final student; anything else is a model dir or hub id."""
-    final = Path(path).expanduser() / "final"
-    return str(final) if final.is_dir() else path
-
-
-def resolve_model(path: str, field: str) -> str:
-    """`model_dir`, checked: a run must have its final/ student, a local folder must hold a
-    saved model; one sentence naming `field` otherwise (a hub id is left to the loader)."""
-    local = Path(path).expanduser()
-    if local.is_file():
-        raise ModelError(
-            f"{field}: {path} is a file; give a run directory, a model directory or a hub id"
-        )
-    if not local.is_dir():
-        return path
-    final = local / "final"
-    if (local / "config.yaml").is_file() and not final.is_dir():
-        raise ModelError(
-            f"{field}: {path} is a run with no final/ student yet; finish it with "
-            "`anydistill train` (it resumes from the last checkpoint)"
-        )
-    found = final if final.is_dir() else local
-    if not (found / "config.json").is_file():
-        raise ModelError(
-            f"{field}: {found} holds no saved model (no config.json); give a run directory "
-            "with a final/ student, a model directory or a hub id"
-        )
-    return str(found)
 
 
 def _check_options(gamma: int, temperature: float, device: str) -> None:

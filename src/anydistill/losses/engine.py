@@ -33,22 +33,13 @@ from anydistill.losses.chunk_math import (
 from anydistill.losses.fused import FusedLinearDistill, RowsFn
 from anydistill.losses.objective import ActiveTerm
 from anydistill.losses.sparse import TAIL_MODES, SparseTarget, SparseTeacher, refusal
+from anydistill.models.heads import Head
 
 ENGINES = ("naive", "torch", "triton")
 # Elements of one [chunk, V] float32 block when chunk_size is left to the engine: 16 MiB on
 # CPU keeps the torch engine's peak a small fraction of the naive one; GPUs want bigger
 # matmuls (256 MiB blocks: 512 rows at V = 128k).
 _AUTO_BLOCK_ELEMS = {"cpu": 2**22, "cuda": 2**26}
-
-
-@dataclass
-class Head:
-    """An output layer: logits = softcap(logit_scale * (h @ weight.T + bias))."""
-
-    weight: Tensor  # [V_rows, H]; V_rows may exceed the real vocabulary (padded heads)
-    bias: Tensor | None = None
-    logit_scale: float = 1.0
-    softcap: float | None = None  # Gemma-style final_logit_softcapping: cap * tanh(x / cap)
 
 
 @dataclass

@@ -7,11 +7,21 @@ tiles.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-from torch import nn
+from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from anydistill.losses.engine import Head
+
+@dataclass
+class Head:
+    """An output layer: logits = softcap(logit_scale * (h @ weight.T + bias))."""
+
+    weight: Tensor  # [V_rows, H]; V_rows may exceed the real vocabulary (padded heads)
+    bias: Tensor | None = None
+    logit_scale: float = 1.0
+    softcap: float | None = None  # Gemma-style final_logit_softcapping: cap * tanh(x / cap)
 
 
 def unwrap(model: nn.Module) -> PreTrainedModel:

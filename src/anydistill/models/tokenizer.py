@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from anydistill.errors import ModelError
@@ -59,3 +61,13 @@ def check_same_tokenizer(
                 "student.tokenizer to the teacher's tokenizer or use a cross-tokenizer term "
                 "(alm, uld, gold_hybrid or mined)"
             )
+
+
+def tokenizer_hash(tokenizer: PreTrainedTokenizerBase) -> str:
+    """Hash of the vocabulary (token -> id) and the special tokens."""
+    h = hashlib.sha256()
+    for token, idx in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]):
+        h.update(f"{idx}\t{token}\n".encode())
+    for name in ("bos_token", "eos_token", "pad_token"):
+        h.update(f"{name}={getattr(tokenizer, name, None)}\n".encode())
+    return h.hexdigest()[:32]

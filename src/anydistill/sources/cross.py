@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from anydistill.data import BatchStream
-from anydistill.losses.cross.batch import CrossExample, CrossTokens, collate_cross
+from anydistill.data.aligned import CrossExample, CrossTokens, collate_cross
 from anydistill.sources.base import Source
 
 

@@ -20,8 +20,8 @@ from typing import Any
 from anydistill.data.tokenize import Example
 from anydistill.errors import ConfigError
 from anydistill.paths import check_writable_dir, refuse_foreign
+from anydistill.progress import CountProgress
 from anydistill.sources.completer import Completer
-from anydistill.train.progress import CountProgress
 
 FILE, META = "teacher.jsonl", "teacher.json"
 

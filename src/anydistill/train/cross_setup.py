@@ -33,7 +33,7 @@ def student_tokenizer(cfg: RunConfig, run_dir: Path, train_ds, mode: str, teache
         saved = run_dir / STUDENT_TOKENIZER_DIR
         if saved.is_dir():  # resume: the exact tokenizer the run started with
             return load_tokenizer(str(saved), field="student.tokenizer")
-        from anydistill.demo.tokenizer import train_tokenizer
+        from anydistill.models.tokenizer_training import train_tokenizer
 
         tok = train_tokenizer(texts_for_tokenizer(train_ds, mode, cfg.data), spec.vocab_size)
         tmp = run_dir / f"{STUDENT_TOKENIZER_DIR}.tmp"

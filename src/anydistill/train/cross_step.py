@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
+from anydistill.data.aligned import CrossTokens
 from anydistill.losses.cross import cross_loss
-from anydistill.losses.cross.batch import CrossTokens
 from anydistill.losses.engine import LossOutput, distill_loss
 from anydistill.losses.objective import ActiveTerm
 from anydistill.models.heads import HiddenStates, output_head

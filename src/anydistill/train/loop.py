@@ -31,13 +31,13 @@ from anydistill.eval.cross_metrics import evaluate_cross
 from anydistill.eval.metrics import evaluate
 from anydistill.models.heads import HiddenStates, unwrap
 from anydistill.models.lora import merged_for_saving
+from anydistill.progress import StepProgress
 from anydistill.sources import Source
 from anydistill.train.checkpoint import save_checkpoint
 from anydistill.train.cross_step import cross_train_step
 from anydistill.train.guards import DeadGradientGuard, nan_message
 from anydistill.train.interrupt import GracefulStop, StoppedByUser
 from anydistill.train.loggers import MetricsLog, rows_up_to
-from anydistill.train.progress import StepProgress
 from anydistill.train.resume import UNLOGGED
 from anydistill.train.run_dir import RunDir
 from anydistill.train.setup import RunParts, pick_device

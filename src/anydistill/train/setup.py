@@ -77,7 +77,7 @@ def teacher_tokenizer(cfg: RunConfig, run_dir: Path, train_ds, mode_hint: str):
                 f"teacher.tokenizer: {run_dir} has no tokenizer/ (the one trained for the run); "
                 "is this the run directory `anydistill train` wrote?"
             )
-        from anydistill.demo.tokenizer import train_tokenizer
+        from anydistill.models.tokenizer_training import train_tokenizer
 
         texts = list(texts_for_tokenizer(train_ds, mode_hint, cfg.data))
         tok = train_tokenizer(texts, vocab_size=spec.vocab_size)

@@ -205,8 +205,8 @@ def token_selector(cfg: RunConfig, parts: RunParts, device: torch.device):
     spec = cfg.objective.token_selection
     if spec is None:
         return None
-    from anydistill.eval.speculate_cmd import resolve_model
     from anydistill.models.loading import load_pretrained
+    from anydistill.models.resolve import resolve_model
     from anydistill.models.tokenizer import check_same_tokenizer, load_tokenizer
     from anydistill.train.selection import TokenSelector
 

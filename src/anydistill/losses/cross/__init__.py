@@ -21,8 +21,8 @@ from typing import Any
 
 from torch import Tensor
 
+from anydistill.data.aligned import CrossBatch, CrossTokens, build_cross_batch
 from anydistill.losses.cross.alm import alm_loss, binary_divergence
-from anydistill.losses.cross.batch import CrossBatch, CrossTokens, build_cross_batch
 from anydistill.losses.cross.gold import gold_hybrid_loss
 from anydistill.losses.cross.mined import mined_loss
 from anydistill.losses.cross.uld import uld_loss

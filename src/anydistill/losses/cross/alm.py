@@ -38,7 +38,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from anydistill.losses.cross.batch import CrossBatch
+from anydistill.data.aligned import CrossBatch
 from anydistill.losses.cross.common import (
     Side,
     block_size,

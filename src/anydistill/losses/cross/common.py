@@ -25,8 +25,8 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from anydistill.data.aligned import IGNORE, CrossBatch
 from anydistill.losses.chunk_math import project, transform
-from anydistill.losses.cross.batch import IGNORE, CrossBatch
 from anydistill.losses.engine import Head, auto_chunk_size
 
 

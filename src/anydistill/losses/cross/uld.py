@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from anydistill.losses.cross.batch import CrossBatch
+from anydistill.data.aligned import CrossBatch
 from anydistill.losses.cross.common import (
     block_size,
     blocks,

@@ -364,7 +364,7 @@ def _cache_root() -> Path:
 
 def _tok_key(tok: Any) -> str:
     """Vocabulary hash plus how its tokens render to bytes (the map depends on both)."""
-    from anydistill.teachers.cache.keys import tokenizer_hash
+    from anydistill.models.tokenizer import tokenizer_hash
 
     view = token_view(tok)
     h = hashlib.sha256(tokenizer_hash(view.backend).encode())

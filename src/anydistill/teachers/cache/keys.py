@@ -11,7 +11,6 @@ from collections.abc import Iterable
 
 import numpy as np
 import torch
-from transformers import PreTrainedTokenizerBase
 
 
 def sample_key(input_ids: Iterable[int] | np.ndarray, targets: Iterable[bool] | np.ndarray) -> str:
@@ -37,14 +36,4 @@ def dataset_fingerprint(keys: Iterable[str]) -> str:
     h = hashlib.sha256()
     for key in keys:
         h.update(key.encode())
-    return h.hexdigest()[:32]
-
-
-def tokenizer_hash(tokenizer: PreTrainedTokenizerBase) -> str:
-    """Hash of the vocabulary (token -> id) and the special tokens."""
-    h = hashlib.sha256()
-    for token, idx in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]):
-        h.update(f"{idx}\t{token}\n".encode())
-    for name in ("bos_token", "eos_token", "pad_token"):
-        h.update(f"{name}={getattr(tokenizer, name, None)}\n".encode())
     return h.hexdigest()[:32]

@@ -16,8 +16,9 @@ from transformers import PreTrainedTokenizerBase
 
 from anydistill.errors import ConfigError, DataError
 from anydistill.losses.sparse import SparseTeacher
+from anydistill.models.tokenizer import tokenizer_hash
 from anydistill.teachers.cache.codec import Codec
-from anydistill.teachers.cache.keys import batch_keys, tokenizer_hash
+from anydistill.teachers.cache.keys import batch_keys
 from anydistill.teachers.cache.manifest import (
     FORMAT,
     MANIFEST,

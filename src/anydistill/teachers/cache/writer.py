@@ -29,7 +29,7 @@ from anydistill.errors import ConfigError, DataError
 from anydistill.losses.chunk_math import head_logits
 from anydistill.models.heads import HiddenStates, output_head
 from anydistill.models.loading import freeze, max_positions
-from anydistill.models.tokenizer import real_vocab_size
+from anydistill.models.tokenizer import real_vocab_size, tokenizer_hash
 from anydistill.paths import (
     check_writable_dir,
     disk_full_message,
@@ -37,7 +37,7 @@ from anydistill.paths import (
     refuse_foreign,
 )
 from anydistill.teachers.cache.codec import VALUE_BITS, Codec
-from anydistill.teachers.cache.keys import dataset_fingerprint, example_key, tokenizer_hash
+from anydistill.teachers.cache.keys import dataset_fingerprint, example_key
 from anydistill.teachers.cache.manifest import (
     FORMAT,
     MANIFEST,
