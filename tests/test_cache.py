@@ -20,15 +20,16 @@ from conftest import tiny_recipe
 
 from anydistill.config import config_from_dict
 from anydistill.data.collate import collate
+from anydistill.data.views import step_inputs
 from anydistill.errors import ConfigError, DataError
 from anydistill.losses.engine import distill_loss
 from anydistill.losses.objective import ActiveTerm
 from anydistill.models.heads import HiddenStates, output_head
+from anydistill.teachers import teacher_signal
 from anydistill.teachers.cache.codec import Codec
+from anydistill.teachers.cache.command import CacheSettings, write_cache
 from anydistill.teachers.cache.reader import CachedTeacher, TeacherCache
-from anydistill.teachers.cache.writer import CacheSettings, write_cache
 from anydistill.train.setup import build_parts
-from anydistill.train.step import step_inputs, teacher_signal
 
 
 def _recipe(tmp_path: Path, **changes) -> dict:
@@ -70,7 +71,7 @@ def test_k_equal_vocab_gives_the_online_loss_and_gradients(exact_cache, tmp_path
     results = []
     for signal_ in (
         teacher_signal(parts.teacher, inputs),
-        cached.signal(inputs.input_ids, inputs.attention_mask, inputs.select),
+        cached.signal(inputs),
     ):
         parts.student.zero_grad()
         rows = HiddenStates(parts.student)(inputs.input_ids, inputs.attention_mask)

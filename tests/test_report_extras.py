@@ -42,7 +42,7 @@ def test_report_shows_frequency_agreement_and_speculation(tmp_path):
     from anydistill.train.setup import build_parts
 
     parts = build_parts(config_from_dict(recipe), tmp_path / "b", torch.device("cpu"))
-    parts.teacher.save_pretrained(teacher)
+    parts.teacher_model.save_pretrained(teacher)
     parts.tokenizer.save_pretrained(teacher)
     args = ["speculate", "--target", str(teacher), "--drafter", str(run), "--data", str(prompts)]
     result = run_cli(*args, "--max-new-tokens", "8", "--gamma", "2", "--save", "--device", "cpu")

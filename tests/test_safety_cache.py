@@ -20,8 +20,8 @@ from conftest import tiny_recipe
 from anydistill.config import config_from_dict
 from anydistill.teachers.cache import manifest as manifest_mod
 from anydistill.teachers.cache import writer as writer_mod
+from anydistill.teachers.cache.command import CacheSettings, write_cache
 from anydistill.teachers.cache.manifest import shard_ok
-from anydistill.teachers.cache.writer import CacheSettings, write_cache
 
 SETTINGS = CacheSettings(k=8, value_bits=12, samples_per_shard=12, batch_size=8)
 CLI_SETTINGS = ["--k", "8", "--value-bits", "12", "--samples-per-shard", "12", "--batch-size", "8"]

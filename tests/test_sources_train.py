@@ -14,10 +14,11 @@ from typer.testing import CliRunner
 
 from anydistill.cli import app
 from anydistill.config import config_from_dict
+from anydistill.data.views import step_inputs
 from anydistill.losses.objective import Objective, TermSpec
 from anydistill.models.heads import HiddenStates
 from anydistill.train.loop import train
-from anydistill.train.step import micro_batch_loss, step_inputs
+from anydistill.train.step import micro_batch_loss
 
 runner = CliRunner()
 RECIPES = ["seqkd", "onpolicy", "mixture", "replay", "contrastive"]

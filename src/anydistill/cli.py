@@ -69,7 +69,7 @@ def cache(
     """Run the teacher once over the training data and store its top-k for later runs."""
     _quiet_libraries()
     from anydistill.config import load_config
-    from anydistill.teachers.cache.writer import CacheSettings, write_cache
+    from anydistill.teachers.cache.command import CacheSettings, write_cache
 
     settings = CacheSettings(
         k=k, value_bits=value_bits, samples_per_shard=samples_per_shard, batch_size=batch_size

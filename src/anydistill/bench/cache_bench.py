@@ -24,12 +24,12 @@ import torch
 from anydistill.config import config_from_dict
 from anydistill.data.collate import collate
 from anydistill.data.synthetic import split_problems
+from anydistill.data.views import step_inputs
 from anydistill.losses.chunk_math import head_logits
 from anydistill.models.heads import HiddenStates, output_head
 from anydistill.teachers.cache.codec import Codec
-from anydistill.teachers.cache.writer import CacheSettings, write_cache
+from anydistill.teachers.cache.command import CacheSettings, write_cache
 from anydistill.train.setup import build_parts
-from anydistill.train.step import step_inputs
 
 
 def demo_teacher(work: Path) -> Path:
@@ -112,15 +112,15 @@ def heldout_kl(recipe: dict, codec: Codec, max_rows: int = 4096) -> tuple[float,
     """Mean KL(full teacher || decoded top-k + evenly spread tail) on held-out targets, and
     the teacher/student parameter ratio."""
     parts = build_parts(config_from_dict(recipe), Path(tempfile.mkdtemp()), torch.device("cpu"))
-    ratio = sum(p.numel() for p in parts.teacher.parameters()) / sum(
+    ratio = sum(p.numel() for p in parts.teacher_model.parameters()) / sum(
         p.numel() for p in parts.student.parameters()
     )
     pad = parts.tokenizer.pad_token_id or 0
-    head = output_head(parts.teacher)
+    head = output_head(parts.teacher_model)
     v, total, rows = parts.vocab_size, 0.0, 0
     for start in range(0, len(parts.data.eval), 16):
         inputs = step_inputs(collate(parts.data.eval[start : start + 16], pad), torch.device("cpu"))
-        h = HiddenStates(parts.teacher)(inputs.input_ids, inputs.attention_mask)
+        h = HiddenStates(parts.teacher_model)(inputs.input_ids, inputs.attention_mask)
         # The cache's own projection (bias, logit scale, soft-cap), then float64 for the KL.
         logp = torch.log_softmax(head_logits(h[:, :-1][inputs.select], head, v).double(), -1)
         top, ids = logp.topk(codec.k, dim=-1)

@@ -53,11 +53,13 @@ from anydistill.bench.step_plan import (
     param_count,
 )
 from anydistill.config import TrainConfig
+from anydistill.data.views import StepInputs, step_inputs
 from anydistill.losses.objective import ActiveTerm
 from anydistill.models.heads import HiddenStates, output_head, unwrap
 from anydistill.models.loading import build_from_config, freeze
+from anydistill.teachers import teacher_signal
 from anydistill.train.optim import build_optimizer
-from anydistill.train.step import StepInputs, micro_batch_loss, step_inputs, teacher_signal
+from anydistill.train.step import micro_batch_loss
 
 # Dense bf16 tensor-core peak of an H100 / H200 SXM, the usual MFU denominator.
 H100_BF16_TFLOPS = 989.0

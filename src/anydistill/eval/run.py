@@ -9,16 +9,16 @@ import torch
 import yaml
 
 from anydistill.config import RunConfig, config_from_dict
-from anydistill.data import load_raw, tokenize_data
-from anydistill.data.cross import cross_data
+from anydistill.data import load_raw
+from anydistill.data.prepare import RawData, prepare_examples
 from anydistill.errors import ConfigError, DataError
-from anydistill.eval.cross_metrics import evaluate_cross
 from anydistill.eval.generation import exact_match_accuracy
 from anydistill.eval.metrics import evaluate
+from anydistill.models.from_config import load_model, pick_device
 from anydistill.models.loading import freeze, load_pretrained
+from anydistill.models.run_tokenizers import teacher_tokenizer
 from anydistill.models.tokenizer import load_tokenizer, real_vocab_size
 from anydistill.paths import read_text
-from anydistill.train.setup import load_model, pick_device, teacher_tokenizer
 
 
 def run_config(run_dir: Path) -> RunConfig:
@@ -110,7 +110,7 @@ def evaluate_run(
     student = load_pretrained(str(final), field="final", dtype=torch.float32).to(device)
     cross = cfg.objective.cross_tokenizer()
     # A cross-tokenizer teacher reads its own tokenizer (saved in the run when it was trained).
-    teacher_tok = teacher_tokenizer(cfg, run_dir, None, "text") if cross else tokenizer
+    teacher_tok = teacher_tokenizer(cfg, run_dir, None) if cross else tokenizer
     teacher = None
     if cfg.eval.teacher:
         t_vocab = real_vocab_size(teacher_tok)
@@ -124,26 +124,22 @@ def evaluate_run(
             "or data.eval_fraction > 0 in its config.yaml"
         )
     batches = max_batches or cfg.eval.max_batches
-    if cross:
-        examples = cross_data(eval_ds, eval_ds, teacher_tok, tokenizer, cfg.data).eval
-        result = evaluate_cross(
-            student, teacher, examples, teacher_tok, tokenizer, cfg.eval.batch_size, batches
-        )
-    else:
-        data = tokenize_data(eval_ds, eval_ds, tokenizer, cfg.data)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        result = evaluate(
-            student,
-            teacher,
-            data.eval,
-            tokenizer,
-            vocab,
-            cfg.eval.batch_size,
-            batches,
-            device,
-            pad,
-            cfg.objective.chunk_size,
-        )
+    raw = RawData(eval_ds, eval_ds, mode="")  # the align stage detects the mode itself
+    data = prepare_examples(raw, teacher_tok, tokenizer, cfg, align=cross, progress=False)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    result = evaluate(
+        student,
+        teacher,
+        data.eval,
+        tokenizer,
+        vocab,
+        cfg.eval.batch_size,
+        batches,
+        device,
+        pad,
+        cfg.objective.chunk_size,
+        teacher_tokenizer=teacher_tok,
+    )
     models = {"student": (student, tokenizer)}
     if teacher is not None:
         models["teacher"] = (teacher, teacher_tok)

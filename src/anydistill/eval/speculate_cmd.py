@@ -41,9 +41,9 @@ def run_speculate(
 ) -> dict[str, Any]:
     """Acceptance rate, tokens per target call, speedup and the greedy identity check."""
     from anydistill.eval.speculative import encode_prompts, evaluate_speculation, load_prompt_texts
+    from anydistill.models.from_config import pick_device
     from anydistill.models.loading import load_pretrained
     from anydistill.models.tokenizer import check_same_tokenizer, load_tokenizer, real_vocab_size
-    from anydistill.train.setup import pick_device
 
     _check_options(gamma, temperature, device)
     dev = pick_device(device)

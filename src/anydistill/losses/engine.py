@@ -18,6 +18,7 @@ counts (e.g. Qwen2.5-7B's 152064 rows vs 0.5B's 151936) compare the same distrib
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -51,6 +52,7 @@ class TeacherSignal:
 
     hidden: Tensor  # [N, Ht], rows aligned with the student's rows
     head: Head
+    features: Any = None  # teachers.base.Features: layer activations a term asked for
 
 
 @dataclass

@@ -8,6 +8,7 @@ source does with it, so its position plus the source's own state is an exact res
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,10 +25,17 @@ class Source:
 
     kind = "dataset"
 
-    def __init__(self, stream: BatchStream, pad_id: int, completers: list[Completer]) -> None:
+    def __init__(
+        self,
+        stream: BatchStream,
+        pad_id: int,
+        completers: list[Completer],
+        collator: Callable[[list], Any] | None = None,
+    ) -> None:
         self.stream = stream
         self.pad_id = pad_id
         self.completers = completers
+        self.collator = collator  # aligned examples bring their own (data.aligned)
         self.upfront_s = 0.0  # seconds spent on upfront generation in this process
         self._reported = 0.0
 
@@ -39,6 +47,8 @@ class Source:
         return self.collate(self.stream.next_batch())
 
     def collate(self, examples: list[Example]) -> Batch:
+        if self.collator is not None:
+            return self.collator(examples)
         return collate(examples, self.pad_id)
 
     def gen_seconds(self) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ class SourceParts:
     rank: int = 0
     world_size: int = 1
     progress: bool = False
+    collator: Callable[[list], Any] | None = None  # for aligned (two-tokenizer) examples
 
     @property
     def pad_id(self) -> int:
@@ -90,7 +92,7 @@ def build_source(parts: SourceParts, mode: str) -> Source:
     src = parts.cfg.source
     require_prompts(src.kind, mode)
     if src.kind == "dataset":
-        return Source(parts.stream(parts.examples), parts.pad_id, [])
+        return Source(parts.stream(parts.examples), parts.pad_id, [], parts.collator)
     upfront = src.teacher_generates() and src.mode == "upfront"
     examples, upfront_s = _upfront_examples(parts) if upfront else (parts.examples, 0.0)
     stream = parts.stream(examples)

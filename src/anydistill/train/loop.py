@@ -1,7 +1,8 @@
 """The training loop on accelerate: read it top to bottom.
 
-open the run directory -> start (setup, resume) -> for each step: source batches ->
-train_step -> optimizer -> guards -> log / eval / save -> final eval, final/ student, report.
+open the run directory -> start (setup, resume) -> for each step: the source's micro-batches
+-> train_step (loss, backward, guards, optimizer) -> log -> eval -> checkpoint -> final eval,
+final/ student, report.
 
 The source (anydistill.sources) decides where each micro-batch's sequences come from: the
 dataset, or completions sampled from the teacher or the current student. Time it spends
@@ -15,10 +16,10 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,21 +27,19 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object, set_seed
 
 from anydistill.config import RunConfig, resolve_paths
-from anydistill.errors import TrainingError
-from anydistill.eval.cross_metrics import evaluate_cross
 from anydistill.eval.metrics import evaluate
+from anydistill.models.from_config import pick_device
 from anydistill.models.heads import HiddenStates, unwrap
 from anydistill.models.lora import merged_for_saving
 from anydistill.progress import StepProgress
 from anydistill.sources import Source
 from anydistill.train.checkpoint import save_checkpoint
-from anydistill.train.cross_step import cross_train_step
-from anydistill.train.guards import DeadGradientGuard, nan_message
+from anydistill.train.guards import DeadGradientGuard
 from anydistill.train.interrupt import GracefulStop, StoppedByUser
 from anydistill.train.loggers import MetricsLog, rows_up_to
 from anydistill.train.resume import UNLOGGED
 from anydistill.train.run_dir import RunDir
-from anydistill.train.setup import RunParts, pick_device
+from anydistill.train.setup import RunParts
 from anydistill.train.start import (
     Started,
     check_engine,
@@ -49,9 +48,309 @@ from anydistill.train.start import (
     token_selector,
     write_config,
 )
-from anydistill.train.step import train_step
+from anydistill.train.step import StepParts, StepResult, train_step
 
 log = logging.getLogger(__name__)
+
+
+def train(cfg: RunConfig) -> Path:
+    """Run (or resume) one distillation; returns the run directory."""
+    cfg = resolve_paths(cfg)
+    device = pick_device(cfg.train.device)
+    check_engine(cfg, device)
+    # bf16 autocast is applied in the step itself: accelerate's mixed-precision setting is
+    # process-global and could not change between runs of one process (the demo makes three).
+    accelerator = Accelerator(cpu=device.type == "cpu")
+    run, mode, changes = open_run(cfg, accelerator)
+    try:
+        return _train(cfg, accelerator, run, mode, changes)
+    finally:
+        if run is not None:
+            run.close()
+
+
+def _train(
+    cfg: RunConfig, accelerator: Accelerator, run: RunDir | None, mode: str, changes: dict
+) -> Path:
+    run_dir = Path(cfg.output.dir)
+    try:
+        started = start(cfg, accelerator, mode)
+        if _finished(run_dir, started.step, cfg):
+            log.warning(
+                "%s already finished at step %d; raise train.max_steps to go on",
+                run_dir,
+                started.step,
+            )
+            return run_dir
+        loop = _Loop.prepare(cfg, accelerator, started)
+    except BaseException:  # a bad input, Ctrl-C or a bug alike: nothing of ours half-made
+        if run is not None:
+            run.abandon()  # the directory as it was, generated samples kept
+        raise
+    if run is not None:
+        write_config(cfg, run_dir)
+        run.commit()
+    logged = {k: v for k, v in changes.items() if k not in UNLOGGED}
+    if loop.metrics is not None and logged:
+        loop.metrics.write({"kind": "config", "step": started.step, "changed": logged})
+    try:
+        return loop.run()
+    finally:
+        if loop.metrics is not None:
+            loop.metrics.close()
+
+
+def _finished(run_dir: Path, step: int, cfg: RunConfig) -> bool:
+    """A rerun of a run that already wrote everything it writes at its last step."""
+    done = (run_dir / "eval.json").is_file() and (
+        (run_dir / "final").is_dir() or not cfg.output.save_final
+    )
+    return step == cfg.train.max_steps and done
+
+
+def _open_log(cfg: RunConfig, run_dir: Path, started: Started) -> MetricsLog:
+    keep = started.metrics_rows
+    if keep is None:  # a checkpoint from before rows were counted
+        keep = rows_up_to(run_dir / "metrics.jsonl", started.step)
+    t = cfg.train
+    return MetricsLog(
+        run_dir / "metrics.jsonl",
+        t.tensorboard,
+        t.wandb,
+        t.wandb_project,
+        cfg.model_dump(mode="json"),
+        keep_rows=keep,
+    )
+
+
+@dataclass
+class _Clock:
+    """Tokens and seconds so far, carried across resumes in every checkpoint."""
+
+    tokens: int = 0
+    train_s: float = 0.0
+    logged_s: float = 0.0  # train_s at the last metrics row
+    elapsed_before: float = 0.0
+    resumed_at: float = field(default_factory=time.perf_counter)
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.resumed_at
+
+    def state(self) -> dict[str, float]:
+        return {"tokens": self.tokens, "train_s": self.train_s, "elapsed_s": self.elapsed()}
+
+
+@dataclass
+class _Loop:
+    cfg: RunConfig
+    acc: Accelerator
+    started: Started
+    step_parts: StepParts
+    metrics: MetricsLog | None
+    clock: _Clock
+    step: int
+
+    @classmethod
+    def prepare(cls, cfg: RunConfig, acc: Accelerator, started: Started) -> _Loop:
+        """Everything the loop holds; fails (and the start is undone) before any step."""
+        parts, t = started.parts, cfg.train
+        run_dir = Path(cfg.output.dir)
+        selector = token_selector(cfg, parts, acc.device)
+        metrics = _open_log(cfg, run_dir, started) if acc.is_main_process else None
+        model = HiddenStates(parts.student)
+        if t.compile:
+            model = torch.compile(model)
+        done = started.progress
+        clock = _Clock(
+            tokens=int(done.get("tokens", 0)),
+            train_s=float(done.get("train_s", 0.0)),
+            logged_s=float(done.get("train_s", 0.0)),
+            elapsed_before=float(done.get("elapsed_s", 0.0)),
+        )
+        step_parts = StepParts(
+            accelerator=acc,
+            model=model,
+            # The teacher runs in the step only when a term needs it (eval may still use it).
+            teacher=parts.teacher if started.objective.needs_teacher() else None,
+            optimizer=started.optimizer,
+            scheduler=started.scheduler,
+            vocab_size=parts.vocab_size,
+            engine=cfg.objective.engine,
+            chunk_size=cfg.objective.chunk_size,
+            max_grad_norm=t.max_grad_norm,
+            bf16=t.precision == "bf16",
+            selector=selector,
+            aligned_params=parts.aligned_params,
+            guard=DeadGradientGuard(t.lr),
+        )
+        return cls(cfg, acc, started, step_parts, metrics, clock, started.step)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.output.dir)
+
+    @property
+    def source(self) -> Source:
+        return self.started.source
+
+    def run(self) -> Path:
+        t = self.cfg.train
+        if self.step == 0:  # a resumed run's RNG state came from its checkpoint
+            set_seed(t.seed)
+        self.step_parts.model = self.acc.prepare(self.step_parts.model)
+        self._log_upfront_generation()
+        progress = StepProgress(
+            t.max_steps, self.step, enabled=t.progress and self.acc.is_main_process
+        )
+        last_save, stopper = time.monotonic(), GracefulStop()
+        with progress, stopper:
+            while self.step < t.max_steps:
+                result, step_s = self._one_step()
+                progress.update(
+                    self.step,
+                    result.loss,
+                    result.tokens / max(step_s, 1e-9),
+                    gen_s=self.source.gen_seconds() if self.cfg.source.kind != "dataset" else None,
+                    train_s=self.clock.train_s,
+                )
+                self._log_step(result, step_s)
+                self._periodic_eval()
+                stop_here = t.stop_at_step == self.step
+                due = t.save_minutes > 0 and time.monotonic() - last_save >= 60 * t.save_minutes
+                due, interrupted = _agreed([due, stopper.requested], self.acc)
+                periodic = t.save_every and self.step % t.save_every == 0
+                if periodic or due or stop_here or interrupted or self.step == t.max_steps:
+                    self._save()
+                    last_save = time.monotonic()
+                if interrupted:
+                    raise StoppedByUser(self.step, self.run_dir)
+                if stop_here:
+                    break
+        if self.step == t.max_steps:
+            self._finish()
+        self.acc.wait_for_everyone()
+        return self.run_dir
+
+    def _one_step(self) -> tuple[StepResult, float]:
+        objective = self.started.objective
+        terms = objective.active_terms(self.step)
+        batches = self.source.batches(self.step, self.cfg.train.grad_accum)
+        tick = time.perf_counter()
+        result = train_step(self.step_parts, self.step, batches, terms)
+        objective.after_step(result.terms)
+        self.step += 1
+        step_s = time.perf_counter() - tick
+        self.clock.tokens += result.tokens
+        self.clock.train_s += step_s
+        return result, step_s
+
+    def _log_upfront_generation(self) -> None:
+        src = self.cfg.source
+        upfront = src.teacher_generates() and src.mode == "upfront"
+        if self.metrics is not None and upfront and self.step == 0:  # a restart made them: 0 s
+            self.metrics.write(
+                {
+                    "kind": "generate",
+                    "step": self.step,
+                    "gen_s": self.source.upfront_s,
+                    "sequences": len(self.source.stream.examples),
+                }
+            )
+
+    def _log_step(self, result: StepResult, step_s: float) -> None:
+        t = self.cfg.train
+        if self.metrics is None or not (self.step % t.log_every == 0 or self.step == t.max_steps):
+            return
+        tokens = max(result.stats.get("tokens", 0.0), 1.0)
+        # generation vs training seconds over the interval since the previous row
+        interval_s, self.clock.logged_s = (
+            self.clock.train_s - self.clock.logged_s,
+            self.clock.train_s,
+        )
+        source_row = {**self.source.take_metrics(), "train_s": interval_s}
+        agreement = {"agreement": result.stats["agree"] / tokens} if "agree" in result.stats else {}
+        self.metrics.write(
+            {
+                "kind": "train",
+                "step": self.step,
+                "loss": result.loss,
+                **{f"term/{k}": v for k, v in result.terms.items()},
+                "lr": result.lr,
+                "grad_norm": result.grad_norm,
+                **agreement,
+                "tokens": self.clock.tokens,
+                "tokens_per_s": result.tokens / max(step_s, 1e-9),
+                "elapsed_s": self.clock.elapsed(),
+                **source_row,
+            }
+        )
+
+    def _evaluate(self) -> dict[str, float]:
+        """Held-out metrics on rank 0, written as an `eval` row."""
+        parts, e = self.started.parts, self.cfg.eval
+        tok = parts.student_tok
+        result = evaluate(
+            unwrap(self.step_parts.model),
+            parts.teacher if e.teacher else None,
+            parts.data.eval,
+            tok,
+            parts.vocab_size,
+            e.batch_size,
+            e.max_batches,
+            self.acc.device,
+            tok.pad_token_id if tok.pad_token_id is not None else 0,
+            self.cfg.objective.chunk_size,
+            teacher_tokenizer=parts.tokenizer,
+        )
+        if self.metrics is not None and result:
+            self.metrics.write({"kind": "eval", "step": self.step, **result})
+        return result
+
+    def _periodic_eval(self) -> None:
+        every = self.cfg.eval.every
+        if not every or self.step % every or self.step >= self.cfg.train.max_steps:
+            return
+        result = self._evaluate() if self.acc.is_main_process else {}
+        self.acc.wait_for_everyone()
+        self.source.observe_eval(_shared(result, self.acc))
+
+    def _save(self) -> None:
+        extra = _source_state(self.source, self.acc)
+        if self.acc.is_main_process:
+            started = self.started
+            state = {
+                "data": self.source.stream.state_dict(),
+                "objective": started.objective.state_dict(),
+                "data_fingerprint": started.fingerprint,
+                "metrics_rows": self.metrics.rows if self.metrics is not None else 0,
+                "progress": self.clock.state(),
+                **extra,
+            }
+            save_checkpoint(
+                self.run_dir / "checkpoints",
+                self.step,
+                unwrap(self.step_parts.model),
+                started.optimizer,
+                started.scheduler,
+                state,
+                self.cfg.train.keep_checkpoints,
+            )
+        self.acc.wait_for_everyone()
+
+    def _finish(self) -> None:
+        """The final eval (`eval.json`), the `final/` student and the report, on rank 0."""
+        if not self.acc.is_main_process:
+            return
+        final_eval = self._evaluate()
+        tmp = self.run_dir / "eval.json.tmp"
+        tmp.write_text(json.dumps(final_eval, indent=1))
+        tmp.replace(self.run_dir / "eval.json")
+        if self.cfg.output.save_final:
+            _save_final(self.run_dir, self.started.parts)
+        if self.cfg.output.report:
+            from anydistill.report import write_report
+
+            write_report(self.run_dir)
 
 
 def _save_final(run_dir: Path, parts: RunParts) -> None:
@@ -87,265 +386,3 @@ def _agreed(flags: list[bool], acc: Accelerator) -> list[bool]:
     t = torch.tensor([float(f) for f in flags], device=acc.device)
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
     return [bool(x) for x in t.tolist()]
-
-
-def train(cfg: RunConfig) -> Path:
-    """Run (or resume) one distillation; returns the run directory."""
-    cfg = resolve_paths(cfg)
-    device = pick_device(cfg.train.device)
-    check_engine(cfg, device)
-    # bf16 autocast is applied in the step itself: accelerate's mixed-precision setting is
-    # process-global and could not change between runs of one process (the demo makes three).
-    accelerator = Accelerator(cpu=device.type == "cpu")
-    run, mode, changes = open_run(cfg, accelerator)
-    try:
-        return _train(cfg, accelerator, run, mode, changes)
-    finally:
-        if run is not None:
-            run.close()
-
-
-def _open_log(cfg: RunConfig, run_dir: Path, started: Started) -> MetricsLog:
-    keep = started.metrics_rows
-    if keep is None:  # a checkpoint from before rows were counted
-        keep = rows_up_to(run_dir / "metrics.jsonl", started.step)
-    t = cfg.train
-    return MetricsLog(
-        run_dir / "metrics.jsonl",
-        t.tensorboard,
-        t.wandb,
-        t.wandb_project,
-        cfg.model_dump(mode="json"),
-        keep_rows=keep,
-    )
-
-
-def _train(
-    cfg: RunConfig, accelerator: Accelerator, run: RunDir | None, mode: str, changes: dict
-) -> Path:
-    run_dir = Path(cfg.output.dir)
-    main = accelerator.is_main_process
-    try:
-        started = start(cfg, accelerator, mode)
-        if _finished(run_dir, started.step, cfg):
-            log.warning(
-                "%s already finished at step %d; raise train.max_steps to go on",
-                run_dir,
-                started.step,
-            )
-            return run_dir
-        selector = token_selector(cfg, started.parts, accelerator.device)
-        metrics = _open_log(cfg, run_dir, started) if main else None
-    except BaseException:  # a bad input, Ctrl-C or a bug alike: nothing of ours half-made
-        if run is not None:
-            run.abandon()  # the directory as it was, generated samples kept
-        raise
-    if run is not None:
-        write_config(cfg, run_dir)
-        run.commit()
-    logged = {k: v for k, v in changes.items() if k not in UNLOGGED}
-    if metrics is not None and logged:
-        metrics.write({"kind": "config", "step": started.step, "changed": logged})
-    try:
-        return _loop(cfg, accelerator, started, selector, metrics)
-    finally:
-        if metrics is not None:
-            metrics.close()
-
-
-def _finished(run_dir: Path, step: int, cfg: RunConfig) -> bool:
-    """A rerun of a run that already wrote everything it writes at its last step."""
-    done = (run_dir / "eval.json").is_file() and (
-        (run_dir / "final").is_dir() or not cfg.output.save_final
-    )
-    return step == cfg.train.max_steps and done
-
-
-def _loop(cfg, accelerator, started: Started, selector, metrics: MetricsLog | None) -> Path:
-    run_dir = Path(cfg.output.dir)
-    parts, source, objective = started.parts, started.source, started.objective
-    optimizer, scheduler, stream = started.optimizer, started.scheduler, started.source.stream
-    step, t = started.step, cfg.train
-    if step == 0:  # a resumed run's RNG state came from its checkpoint
-        set_seed(t.seed)
-    # The teacher runs in the step only when a term needs it (eval may still use it).
-    step_teacher = parts.teacher if objective.needs_teacher() else None
-    model = HiddenStates(parts.student)
-    if t.compile:
-        model = torch.compile(model)
-    model = accelerator.prepare(model)
-    pad_id = parts.tokenizer.pad_token_id if parts.tokenizer.pad_token_id is not None else 0
-    upfront = cfg.source.teacher_generates() and cfg.source.mode == "upfront"
-    if metrics is not None and upfront and step == 0:  # a restart finds them made: 0 s
-        metrics.write(
-            {
-                "kind": "generate",
-                "step": step,
-                "gen_s": source.upfront_s,
-                "sequences": len(stream.examples),
-            }
-        )
-
-    def run_eval(at: int) -> dict[str, float]:
-        if parts.cross is not None:
-            result = evaluate_cross(
-                unwrap(model),
-                parts.teacher if cfg.eval.teacher else None,
-                parts.data.eval,
-                parts.tokenizer,
-                parts.student_tok,
-                cfg.eval.batch_size,
-                cfg.eval.max_batches,
-            )
-        else:
-            result = evaluate(
-                unwrap(model),
-                parts.teacher if cfg.eval.teacher else None,
-                parts.data.eval,
-                parts.tokenizer,
-                parts.vocab_size,
-                cfg.eval.batch_size,
-                cfg.eval.max_batches,
-                accelerator.device,
-                pad_id,
-                cfg.objective.chunk_size,
-            )
-        if metrics is not None and result:
-            metrics.write({"kind": "eval", "step": at, **result})
-        return result
-
-    def save(at: int) -> None:
-        extra = _source_state(source, accelerator)
-        if accelerator.is_main_process:
-            state = {
-                "data": stream.state_dict(),
-                "objective": objective.state_dict(),
-                "data_fingerprint": started.fingerprint,
-                "metrics_rows": metrics.rows if metrics is not None else 0,
-                "progress": {"tokens": tokens_seen, "train_s": train_total, "elapsed_s": elapsed()},
-                **extra,
-            }
-            checkpoints = run_dir / "checkpoints"
-            save_checkpoint(
-                checkpoints, at, unwrap(model), optimizer, scheduler, state, t.keep_checkpoints
-            )
-        accelerator.wait_for_everyone()
-
-    done = started.progress
-    tokens_seen = int(done.get("tokens", 0))
-    train_total = train_logged = float(done.get("train_s", 0.0))
-    resumed_at, elapsed_before = time.perf_counter(), float(done.get("elapsed_s", 0.0))
-
-    def elapsed() -> float:
-        return elapsed_before + time.perf_counter() - resumed_at
-
-    progress = StepProgress(t.max_steps, step, enabled=t.progress and accelerator.is_main_process)
-    generating = cfg.source.kind != "dataset"
-    dead = DeadGradientGuard(t.lr)
-    last_save = time.monotonic()
-    stopper = GracefulStop()
-    with progress, stopper:
-        while step < t.max_steps:
-            terms = objective.active_terms(step)
-            batches = source.batches(step, t.grad_accum)
-            tick = time.perf_counter()
-            if parts.cross is not None:
-                result = cross_train_step(
-                    accelerator,
-                    model,
-                    parts.teacher,
-                    batches,
-                    terms,
-                    parts.cross,
-                    parts.vocab_size,
-                    cfg.objective.engine,
-                    cfg.objective.chunk_size,
-                    t.max_grad_norm,
-                    bf16=t.precision == "bf16",
-                )
-            else:
-                result = train_step(
-                    accelerator,
-                    model,
-                    step_teacher,
-                    optimizer,
-                    batches,
-                    terms,
-                    parts.vocab_size,
-                    cfg.objective.engine,
-                    cfg.objective.chunk_size,
-                    t.max_grad_norm,
-                    bf16=t.precision == "bf16",
-                    selector=selector,
-                )
-            if not math.isfinite(result.loss):
-                raise TrainingError(nan_message(step + 1, result.loss, result.terms))
-            dead.check(step + 1, result.loss, result.grad_norm)
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            objective.after_step(result.terms)
-            step += 1
-            tokens_seen += result.tokens
-            step_s = time.perf_counter() - tick
-            train_total += step_s
-            progress.update(
-                step,
-                result.loss,
-                result.tokens / max(step_s, 1e-9),
-                gen_s=source.gen_seconds() if generating else None,
-                train_s=train_total,
-            )
-            if metrics is not None and (step % t.log_every == 0 or step == t.max_steps):
-                tokens = max(result.stats.get("tokens", 0.0), 1.0)
-                # generation vs training seconds over the interval since the previous row
-                source_row = {**source.take_metrics(), "train_s": train_total - train_logged}
-                train_logged = train_total
-                metrics.write(
-                    {
-                        "kind": "train",
-                        "step": step,
-                        "loss": result.loss,
-                        **{f"term/{k}": v for k, v in result.terms.items()},
-                        "lr": lr,
-                        "grad_norm": result.grad_norm,
-                        **(
-                            {"agreement": result.stats["agree"] / tokens}
-                            if "agree" in result.stats
-                            else {}
-                        ),
-                        "tokens": tokens_seen,
-                        "tokens_per_s": result.tokens / max(step_s, 1e-9),
-                        "elapsed_s": elapsed(),
-                        **source_row,
-                    }
-                )
-            if cfg.eval.every and step % cfg.eval.every == 0 and step < t.max_steps:
-                result_eval = run_eval(step) if accelerator.is_main_process else {}
-                accelerator.wait_for_everyone()
-                source.observe_eval(_shared(result_eval, accelerator))
-            stop_here = t.stop_at_step == step
-            due = t.save_minutes > 0 and time.monotonic() - last_save >= 60 * t.save_minutes
-            due, interrupted = _agreed([due, stopper.requested], accelerator)
-            periodic = t.save_every and step % t.save_every == 0
-            if periodic or due or stop_here or interrupted or step == t.max_steps:
-                save(step)
-                last_save = time.monotonic()
-            if interrupted:
-                raise StoppedByUser(step, run_dir)
-            if stop_here:
-                break
-    if accelerator.is_main_process and step == t.max_steps:
-        final_eval = run_eval(step)
-        tmp = run_dir / "eval.json.tmp"
-        tmp.write_text(json.dumps(final_eval, indent=1))
-        tmp.replace(run_dir / "eval.json")
-        if cfg.output.save_final:
-            _save_final(run_dir, parts)
-        if cfg.output.report:
-            from anydistill.report import write_report
-
-            write_report(run_dir)
-    accelerator.wait_for_everyone()
-    return run_dir

@@ -1,129 +1,54 @@
-"""Turn a RunConfig into the pieces a run needs: tokenizer, teacher, student, data.
+"""Turn a RunConfig into the pieces a run needs: tokenizers, teacher, student, data.
 
 This is the one place that reads config sections for models and data; the components it
-calls take plain arguments.
+calls take plain arguments. One path serves every run: the student's tokenizer is the
+teacher's unless an aligned (cross-tokenizer) term asks for its own, and then the teacher
+becomes an `AlignedTeacher` and the data goes through the align stage.
 """
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
-from anydistill.config import ModelConfig, RunConfig, TokenizerTrain
-from anydistill.data import TokenizedData, load_raw, texts_for_tokenizer, tokenize_data
-from anydistill.errors import ConfigError, DataError, ModelError
+from anydistill.config import ModelConfig, RunConfig
+from anydistill.data.prepare import load_run_data, prepare_examples
+from anydistill.errors import ConfigError
+from anydistill.models.from_config import load_model, pick_device
 from anydistill.models.from_teacher import student_from_teacher
-from anydistill.models.loading import (
-    build_from_config,
-    freeze,
-    load_pretrained,
-    max_positions,
-    resolve_dtype,
-)
+from anydistill.models.loading import freeze, max_positions, resolve_dtype
 from anydistill.models.lora import add_lora
+from anydistill.models.run_tokenizers import student_tokenizer, teacher_tokenizer
 from anydistill.models.tokenizer import check_same_tokenizer, load_tokenizer, real_vocab_size
+from anydistill.teachers import AlignedTeacher, LiveTeacher
 
-log = logging.getLogger(__name__)
+__all__ = ["RunParts", "build_parts", "finish_student", "load_model", "pick_device"]
 
 
 @dataclass
 class RunParts:
-    tokenizer: PreTrainedTokenizerBase
-    teacher: PreTrainedModel | Any | None  # a model, or a CachedTeacher
+    tokenizer: PreTrainedTokenizerBase  # the teacher's
+    teacher: Any  # a teachers.Teacher (live, cache or aligned), or None
     student: torch.nn.Module
-    data: TokenizedData | Any  # a CrossData on a cross-tokenizer run
+    data: Any  # data.prepare: TokenizedData, or CrossData when aligned
     vocab_size: int  # the student's
-    # cross-tokenizer runs only: the student's own tokenizer, the teacher's vocabulary size
-    # and each cross term's prepared keyword options (anydistill.train.cross_setup)
-    student_tokenizer: PreTrainedTokenizerBase | None = None
+    student_tokenizer: PreTrainedTokenizerBase | None = None  # when it differs
     teacher_vocab: int | None = None
-    cross: dict[str, dict] | None = None
+    aligned_params: dict[str, dict] = field(default_factory=dict)  # per aligned term
 
     @property
     def student_tok(self) -> PreTrainedTokenizerBase:
         """The tokenizer the student reads and is saved with."""
         return self.student_tokenizer or self.tokenizer
 
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is `cuda` but no CUDA GPU is visible; use `auto` or `cpu`")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def teacher_tokenizer(cfg: RunConfig, run_dir: Path, train_ds, mode_hint: str):
-    spec = cfg.teacher.tokenizer
-    if cfg.teacher.kind == "cache":  # the cache keeps the tokenizer it was built with
-        cached = Path(cfg.teacher.path or "").expanduser() / "tokenizer"
-        if not cached.is_dir():
-            raise ConfigError(
-                f"teacher.path: {cfg.teacher.path} is not a cache directory (no tokenizer/); "
-                "build one with `anydistill cache`"
-            )
-        return load_tokenizer(str(cached), field="teacher.path")
-    saved = run_dir / "tokenizer"
-    if isinstance(spec, TokenizerTrain):
-        if saved.is_dir():  # resume: reuse the exact tokenizer the run started with
-            return load_tokenizer(str(saved), field="teacher.tokenizer")
-        if train_ds is None:  # a finished run is being read, not started
-            raise ConfigError(
-                f"teacher.tokenizer: {run_dir} has no tokenizer/ (the one trained for the run); "
-                "is this the run directory `anydistill train` wrote?"
-            )
-        from anydistill.models.tokenizer_training import train_tokenizer
-
-        texts = list(texts_for_tokenizer(train_ds, mode_hint, cfg.data))
-        tok = train_tokenizer(texts, vocab_size=spec.vocab_size)
-        tmp = run_dir / "tokenizer.tmp"
-        tok.save_pretrained(str(tmp))
-        tmp.rename(saved)
-        return tok
-    path = spec or cfg.teacher.path
-    if path is None:
-        raise ConfigError(
-            "teacher.tokenizer: a teacher built from `init` needs a tokenizer "
-            "(a path, or `{vocab_size: N}` to train one on the data)"
-        )
-    return load_tokenizer(
-        path,
-        field="teacher.tokenizer" if spec else "teacher.path",
-        revision=cfg.teacher.revision,
-        trust_remote_code=cfg.teacher.trust_remote_code,
-    )
-
-
-def load_model(
-    mc: ModelConfig, field: str, vocab: int, device: torch.device, frozen: bool, seed: int
-) -> PreTrainedModel:
-    dtype = resolve_dtype(mc.dtype, device, frozen)
-    if mc.path is not None:
-        model = load_pretrained(
-            mc.path,
-            field=f"{field}.path",
-            dtype=dtype,
-            revision=mc.revision,
-            trust_remote_code=mc.trust_remote_code,
-            attn_implementation=mc.attn_implementation,
-        )
-    else:
-        init = dict(mc.init or {})
-        if mc.attn_implementation:
-            init["attn_implementation"] = mc.attn_implementation
-        model = build_from_config(init, field=field, vocab_size=vocab, dtype=dtype, seed=seed)
-    rows = model.get_output_embeddings().weight.shape[0]
-    if rows < vocab:
-        raise ModelError(
-            f"{field}: its output layer has {rows} rows but the tokenizer has {vocab} tokens; "
-            "the model and tokenizer do not belong together"
-        )
-    return model.to(device)
+    @property
+    def teacher_model(self) -> torch.nn.Module | None:
+        """The model behind the teacher (None for a cache or no teacher)."""
+        return getattr(self.teacher, "model", None)
 
 
 def _check_student_tokenizer(mc: ModelConfig, teacher_tok: PreTrainedTokenizerBase) -> None:
@@ -137,66 +62,77 @@ def _check_student_tokenizer(mc: ModelConfig, teacher_tok: PreTrainedTokenizerBa
     check_same_tokenizer(teacher_tok, student_tok)
 
 
-def raw_data_and_tokenizer(cfg: RunConfig, run_dir: Path):
-    """(train_ds, eval_ds, tokenizer): the data as loaded and the run's (teacher) tokenizer."""
-    prompts_only = not cfg.source.uses_dataset_completions()
-    train_ds, eval_ds = load_raw(cfg.data, cfg.train.seed, prompts_only=prompts_only)
-    from anydistill.data.tokenize import detect_mode
-
-    d = cfg.data
-    mode = detect_mode(
-        list(train_ds.column_names),
-        d.mode,
-        d.text_column,
-        d.prompt_column,
-        d.completion_column,
-        d.messages_column,
-    )
-    return train_ds, eval_ds, teacher_tokenizer(cfg, run_dir, train_ds, mode)
-
-
-def tokenized(cfg: RunConfig, train_ds, eval_ds, tokenizer) -> TokenizedData:
-    data = tokenize_data(train_ds, eval_ds, tokenizer, cfg.data)
-    if data.dropped:
-        log.warning(
-            "data: dropped %d sequences with no target tokens within data.seq_len", data.dropped
-        )
-    if not data.train:
-        raise DataError("data: no training sequences left after tokenization; check data.seq_len")
-    return data
-
-
 def build_parts(cfg: RunConfig, run_dir: Path, device: torch.device) -> RunParts:
     seed = cfg.train.seed
-    train_ds, eval_ds, tokenizer = raw_data_and_tokenizer(cfg, run_dir)
-    vocab = real_vocab_size(tokenizer)
-
-    needs_teacher = any(t.kind != "ce" for t in cfg.objective.terms) or cfg.eval.teacher
-    needs_teacher = needs_teacher or cfg.student.from_teacher is not None
-    teacher = None
-    if needs_teacher and cfg.teacher.kind == "cache":
-        from anydistill.teachers.cache.reader import CachedTeacher
-
-        _check_sparse_terms(cfg)
-        teacher = CachedTeacher(cfg.teacher.path or "", cfg.teacher.tail)
-    elif needs_teacher:
-        teacher = load_model(cfg.teacher, "teacher", vocab, device, frozen=True, seed=seed + 1)
-        freeze(teacher)
-
-    if cfg.student.from_teacher is not None:
-        assert teacher is not None
-        student = student_from_teacher(teacher, cfg.student.from_teacher.layers).to(device)
+    raw = load_run_data(cfg)
+    teacher_tok = teacher_tokenizer(cfg, run_dir, raw.texts(cfg))
+    align = cfg.objective.cross_tokenizer()
+    if align:
+        student_tok = student_tokenizer(cfg, run_dir, raw.texts(cfg), teacher_tok)
     else:
-        _check_student_tokenizer(cfg.student, tokenizer)  # before loading any weights
+        student_tok = teacher_tok
+        if cfg.student.from_teacher is None:
+            _check_student_tokenizer(cfg.student, teacher_tok)  # before loading any weights
+    t_vocab, vocab = real_vocab_size(teacher_tok), real_vocab_size(student_tok)
+    teacher = _teacher(cfg, t_vocab, device, align)
+    model = getattr(teacher, "model", None)
+    if cfg.student.from_teacher is not None:
+        assert model is not None
+        student = student_from_teacher(model, cfg.student.from_teacher.layers).to(device)
+    else:
         student = load_model(cfg.student, "student", vocab, device, frozen=False, seed=seed + 2)
-    student = finish_student(cfg, student, teacher, device)
-    data = tokenized(cfg, train_ds, eval_ds, tokenizer)
-    if teacher is not None and not isinstance(teacher, torch.nn.Module):
+    student = finish_student(cfg, student, model, device)
+    data = prepare_examples(raw, teacher_tok, student_tok, cfg, align)
+    if teacher is not None and teacher.kind == "cache":
         from anydistill.teachers.cache.keys import example_key
 
         keys = [example_key(ex) for ex in data.train]
-        teacher.cache.check_compatible(tokenizer, cfg.data.seq_len, keys)
-    return RunParts(tokenizer, teacher, student, data, vocab)
+        teacher.cache.check_compatible(teacher_tok, cfg.data.seq_len, keys)
+    return RunParts(
+        tokenizer=teacher_tok,
+        teacher=teacher,
+        student=student,
+        data=data,
+        vocab_size=vocab,
+        student_tokenizer=student_tok if align else None,
+        teacher_vocab=t_vocab,
+        aligned_params=aligned_params(cfg, teacher_tok, student_tok) if align else {},
+    )
+
+
+def _teacher(cfg: RunConfig, vocab: int, device: torch.device, align: bool) -> Any:
+    """The teacher kind the recipe asks for, or None when nothing reads it."""
+    needs = any(t.kind != "ce" for t in cfg.objective.terms) or cfg.eval.teacher
+    if not (needs or align or cfg.student.from_teacher is not None):
+        return None
+    if cfg.teacher.kind == "cache":
+        from anydistill.teachers.cache.reader import CachedTeacher
+
+        _check_sparse_terms(cfg)
+        return CachedTeacher(cfg.teacher.path or "", cfg.teacher.tail)
+    seed = cfg.train.seed + 1
+    model = freeze(load_model(cfg.teacher, "teacher", vocab, device, frozen=True, seed=seed))
+    return AlignedTeacher(model) if align else LiveTeacher(model)
+
+
+def aligned_params(cfg: RunConfig, teacher_tok: Any, student_tok: Any) -> dict[str, dict]:
+    """Per aligned term name: the keyword options its loss takes (vocabulary maps included)."""
+    from anydistill.losses.cross import prepare_cross_params
+    from anydistill.losses.objective import CROSS_TERM_KINDS
+
+    out: dict[str, dict] = {}
+    for term in cfg.objective.terms:
+        if term.kind not in CROSS_TERM_KINDS:
+            continue
+        options = {"temperature": term.temperature, **(term.options or {})}
+        if term.kind == "gold_hybrid":
+            options["beta"] = term.beta
+        if cfg.objective.chunk_size is not None:
+            options["block_rows"] = cfg.objective.chunk_size
+        out[term.name or term.kind] = prepare_cross_params(
+            term.kind, teacher_tok, student_tok, **options
+        )
+    return out
 
 
 def _check_sparse_terms(cfg: RunConfig) -> None:

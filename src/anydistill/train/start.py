@@ -19,14 +19,13 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 from anydistill.config import RunConfig, dump_config
-from anydistill.data import BatchStream
+from anydistill.data.aligned import collate_cross
 from anydistill.errors import AnydistillError, ConfigError
 from anydistill.losses.objective import Objective, TermSpec
 from anydistill.models.heads import unwrap
 from anydistill.models.loading import freeze
 from anydistill.sources import Source, SourceParts, build_source
 from anydistill.train.checkpoint import load_latest, set_rng_state
-from anydistill.train.cross_setup import build_cross_parts
 from anydistill.train.optim import build_optimizer, build_scheduler
 from anydistill.train.resume import check_same_data, config_changes, data_fingerprint, saved_config
 from anydistill.train.run_dir import RunDir
@@ -103,8 +102,7 @@ class Started:
 def start(cfg: RunConfig, acc: Accelerator, mode: str) -> Started:
     run_dir = Path(cfg.output.dir)
     with acc.main_process_first():  # rank 0 trains/saves a tokenizer first
-        build = build_cross_parts if cfg.objective.cross_tokenizer() else build_parts
-        parts = build(cfg, run_dir, acc.device)
+        parts = build_parts(cfg, run_dir, acc.device)
     source = _build_source(cfg, parts, run_dir, acc)
     t = cfg.train
     try:
@@ -149,19 +147,7 @@ def write_config(cfg: RunConfig, run_dir: Path) -> None:
 
 def _build_source(cfg: RunConfig, parts: RunParts, run_dir: Path, acc: Accelerator) -> Source:
     """The run's source; the teacher is loaded here when only generation needs it."""
-    if parts.cross is not None:
-        from anydistill.sources.cross import CrossSource
-
-        t = cfg.train
-        stream = BatchStream(
-            parts.data.train,
-            t.micro_batch_size,
-            t.seed,
-            rank=acc.process_index,
-            world_size=acc.num_processes,
-        )
-        return CrossSource(stream, parts.teacher_vocab or 0, parts.vocab_size)
-    teacher = parts.teacher
+    teacher = parts.teacher_model
     if cfg.source.teacher_generates() and teacher is None:
         seed = cfg.train.seed + 1  # the seed build_parts gives the teacher
         teacher = freeze(
@@ -182,9 +168,18 @@ def _build_source(cfg: RunConfig, parts: RunParts, run_dir: Path, acc: Accelerat
         rank=acc.process_index,
         world_size=acc.num_processes,
         progress=cfg.train.progress and acc.is_main_process,
+        collator=_aligned_collator(parts),
     )
     with acc.main_process_first():  # rank 0 writes upfront generations, the others read them
         return build_source(source_parts, parts.data.mode)
+
+
+def _aligned_collator(parts: RunParts):
+    """Aligned examples collate both tokenizations (no pad id: attention masks end them)."""
+    if parts.student_tokenizer is None:
+        return None
+    vocabs = (parts.teacher_vocab or 0, parts.vocab_size)
+    return lambda examples: collate_cross(examples, *vocabs)
 
 
 def _restore_source(source: Source, state: dict, acc: Accelerator) -> None:

@@ -1,77 +1,219 @@
-"""One optimizer step: micro-batches -> teacher signal -> student hidden -> loss -> backward.
+"""One optimizer step, for every teacher kind and every term: read it top to bottom.
 
-Reduction is by the number of loss tokens in the whole step (all micro-batches, all ranks),
-so gradient accumulation and DDP give the same gradient as one big batch.
+normalizers (global, before any backward) -> per micro-batch: the teacher's signal, the
+student's hidden states, the terms' loss, backward -> rank sums, gradient clip -> guards ->
+optimizer and scheduler.
 
-A paired batch (source `paired`) carries `teacher_rows` [B] bool; with a `contrastive` term the
-engine then runs twice over the same hidden states, once per half (see `split_contrastive`).
+Terms come in two families, declared by the term registry: vocabulary terms (`ce` and the
+divergences) score the student's rows against the teacher's distribution over the same
+vocabulary (a live teacher's head, or the cache's top-k); aligned terms (alm, uld,
+gold_hybrid, mined) score them against a teacher on another tokenizer, chunk by chunk.
+Vocabulary terms are divided by the step's target tokens; each aligned term by the units its
+sum runs over (its chunks). Both are counted over all micro-batches and ranks before the
+first backward, so gradient accumulation and DDP give the gradient of one big batch.
+
+A paired batch (source `paired`) carries `teacher_rows`; with a `contrastive` term the engine
+then runs twice over the same hidden states, once per half (see `split_contrastive`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from accelerate import Accelerator
 
+from anydistill.data.views import Batch, StepInputs, step_inputs, target_count
+from anydistill.errors import TrainingError
 from anydistill.losses.engine import LossOutput, SparseTeacher, TeacherSignal, distill_loss
-from anydistill.losses.objective import split_contrastive
-from anydistill.models.heads import HiddenStates, output_head
+from anydistill.losses.objective import CROSS_TERM_KINDS, ActiveTerm, split_contrastive
+from anydistill.models.heads import output_head
+from anydistill.teachers import AlignedSignal, as_teacher
+from anydistill.train.guards import DeadGradientGuard, nan_message
 
 
 @dataclass
-class StepInputs:
-    """Model-facing views of one micro-batch: targets already shifted and selected."""
+class StepParts:
+    """What stays the same from one step to the next."""
 
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    select: torch.Tensor  # [B, T-1] bool: which positions predict a target token
-    labels: torch.Tensor  # [N] the target tokens of the selected positions
-    teacher_rows: torch.Tensor | None = None  # [N] bool: token is in a teacher response
-
-
-def step_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> StepInputs:
-    ids = batch["input_ids"].to(device)
-    mask = batch["attention_mask"].to(device)
-    select = batch["loss_mask"][:, 1:].to(device)
-    flags = batch.get("teacher_rows")
-    rows = None
-    if flags is not None:
-        rows = flags.to(device)[:, None].expand_as(select)[select]
-    return StepInputs(ids, mask, select, ids[:, 1:][select], rows)
+    accelerator: Accelerator
+    model: torch.nn.Module  # the student's HiddenStates, prepared by accelerate
+    teacher: Any  # a teachers.Teacher, or None when no term needs one
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    vocab_size: int  # the student's
+    engine: str = "torch"
+    chunk_size: int | None = None
+    max_grad_norm: float | None = None
+    bf16: bool = False
+    selector: Any | None = None  # AdaSPEC's TokenSelector
+    aligned_params: dict[str, dict] = field(default_factory=dict)  # per aligned term name
+    guard: DeadGradientGuard | None = None
 
 
-def teacher_signal(
-    teacher: torch.nn.Module | Any | None, inputs: StepInputs
-) -> TeacherSignal | SparseTeacher | None:
-    """Online: the teacher's hidden states and head; cached: its top-k rows for this batch."""
-    if teacher is None:
-        return None
-    if not isinstance(teacher, torch.nn.Module):  # a CachedTeacher
-        return teacher.signal(inputs.input_ids, inputs.attention_mask, inputs.select)
-    with torch.no_grad():
-        hidden = HiddenStates(teacher)(inputs.input_ids, inputs.attention_mask)
-    return TeacherSignal(hidden=hidden[:, :-1][inputs.select], head=output_head(teacher))
+@dataclass
+class StepResult:
+    loss: float
+    terms: dict[str, float]
+    stats: dict[str, float]
+    tokens: int
+    grad_norm: float | None
+    lr: float = 0.0
+
+
+def train_step(parts: StepParts, step: int, batches: list[Batch], terms: list) -> StepResult:
+    """Optimizer step `step` (0-based) over its micro-batches. A non-finite loss or a dead
+    gradient raises `TrainingError` before the optimizer touches the weights."""
+    acc = parts.accelerator
+    tokens = _global(acc, sum(target_count(b) for b in batches))
+    units = aligned_units(acc, batches, terms)
+    result = accumulate(parts, batches, terms, tokens, units)
+    result.tokens = int(tokens.item())
+    if not math.isfinite(result.loss):
+        raise TrainingError(nan_message(step + 1, result.loss, result.terms))
+    if parts.guard is not None:
+        parts.guard.check(step + 1, result.loss, result.grad_norm)
+    result.lr = parts.scheduler.get_last_lr()[0]
+    parts.optimizer.step()
+    parts.scheduler.step()
+    parts.optimizer.zero_grad(set_to_none=True)
+    return result
+
+
+def aligned_units(accelerator: Accelerator, batches: list[Batch], terms: list) -> dict:
+    """Per aligned term: how many units (chunks) its sum runs over in the whole step."""
+    out = {}
+    for term in terms:
+        if family(term.kind) == "aligned":
+            local = sum(b.n_chunks for b in batches)
+            out[term.name] = _global(accelerator, local)
+    return out
+
+
+def accumulate(
+    parts: StepParts,
+    batches: list[Batch],
+    terms: list,
+    tokens: torch.Tensor,
+    units: dict[str, torch.Tensor],
+) -> StepResult:
+    """Backward of each micro-batch's loss (gradient sync on the last only), the rank-summed
+    loss, terms and stats, and the clipped gradient norm."""
+    acc = parts.accelerator
+    # DDP averages gradients over ranks; scaling by world size turns that into the global sum.
+    scale = float(acc.num_processes)
+    total = torch.zeros((), device=acc.device)
+    term_sums: dict[str, torch.Tensor] = {}
+    stat_sums: dict[str, torch.Tensor] = {}
+    for i, batch in enumerate(batches):
+        last = i == len(batches) - 1
+        sync = contextlib.nullcontext() if last else acc.no_sync(parts.model)
+        autocast = torch.autocast(acc.device.type, torch.bfloat16, enabled=parts.bf16)
+        with sync, autocast:
+            out = micro_batch_loss(
+                parts.model,
+                parts.teacher,
+                step_inputs(batch, acc.device),
+                terms,
+                parts.vocab_size,
+                tokens,
+                parts.engine,
+                parts.chunk_size,
+                parts.selector,
+                parts.aligned_params,
+                units,
+            )
+            acc.backward(out.loss * scale)
+        total += out.loss.detach()
+        for k, v in out.terms.items():
+            term_sums[k] = term_sums.get(k, 0.0) + v
+        for k, v in out.stats.items():
+            stat_sums[k] = stat_sums.get(k, 0.0) + v
+    keys, skeys = sorted(term_sums), sorted(stat_sums)
+    packed = torch.stack([total, *[term_sums[k] for k in keys], *[stat_sums[k] for k in skeys]])
+    packed = acc.reduce(packed.float(), reduction="sum").tolist()
+    grad_norm = None
+    if all(map(math.isfinite, packed[: 1 + len(keys)])):
+        # Measured even without clipping (an infinite limit scales by exactly 1): the run's
+        # guards need it to tell a dead student from a learning one.
+        limit = parts.max_grad_norm if parts.max_grad_norm is not None else float("inf")
+        grad_norm = float(acc.clip_grad_norm_(parts.model.parameters(), limit))
+    return StepResult(
+        loss=packed[0],
+        terms=dict(zip(keys, packed[1 : 1 + len(keys)], strict=True)),
+        stats=dict(zip(skeys, packed[1 + len(keys) :], strict=True)),
+        tokens=0,
+        grad_norm=grad_norm,
+    )
 
 
 def micro_batch_loss(
     student: torch.nn.Module,
-    teacher: torch.nn.Module | None,
+    teacher: Any,
     inputs: StepInputs,
-    terms: list,
+    terms: list[ActiveTerm],
+    vocab_size: int,
+    normalizer: torch.Tensor,
+    engine: str,
+    chunk_size: int | None,
+    selector: Any | None = None,
+    aligned_params: dict[str, dict] | None = None,
+    units: dict[str, torch.Tensor] | None = None,
+) -> LossOutput:
+    """The weighted loss of one micro-batch. `student` is the (possibly DDP-wrapped)
+    HiddenStates module; `teacher` a teachers.Teacher (a bare model is taken as a live one),
+    asked once for what the terms need; `normalizer` the step's global target tokens and
+    `units` each aligned term's global units."""
+    teacher = as_teacher(teacher)
+    wants = teacher is not None and any(needs_teacher(t.kind) for t in terms)
+    signal = teacher.signal(inputs) if wants else None
+    hidden = student(inputs.input_ids, inputs.attention_mask)
+    normalizer = normalizer.clamp(min=1.0)
+    vocab_terms = [t for t in terms if family(t.kind) != "aligned"]
+    outs = []
+    if vocab_terms:
+        dense = signal if isinstance(signal, TeacherSignal | SparseTeacher) else None
+        outs.append(
+            vocabulary_loss(
+                student,
+                hidden,
+                dense,
+                inputs,
+                vocab_terms,
+                vocab_size,
+                normalizer,
+                engine,
+                chunk_size,
+                selector,
+            )  # fmt: skip
+        )
+    aligned_terms = [t for t in terms if family(t.kind) == "aligned"]
+    if aligned_terms:
+        outs.append(
+            aligned_loss(student, hidden, signal, inputs, aligned_terms, aligned_params, units)
+        )
+    out = outs[0] if len(outs) == 1 else merge_outputs(outs)
+    out.stats.setdefault("tokens", inputs.select.sum().float())
+    return out
+
+
+def vocabulary_loss(
+    student: torch.nn.Module,
+    hidden: torch.Tensor,
+    signal: TeacherSignal | SparseTeacher | None,
+    inputs: StepInputs,
+    terms: list[ActiveTerm],
     vocab_size: int,
     normalizer: torch.Tensor,
     engine: str,
     chunk_size: int | None,
     selector: Any | None = None,
 ) -> LossOutput:
-    """`student` is the (possibly DDP-wrapped) HiddenStates module; `selector` (AdaSPEC's
-    TokenSelector) restricts the loss to the rows it keeps, normalized by the kept share."""
-    signal = teacher_signal(teacher, inputs)
-    hidden = student(inputs.input_ids, inputs.attention_mask)
+    """Vocabulary terms on the selected rows; `selector` (AdaSPEC's TokenSelector) keeps a
+    share of them, normalized by that share."""
     rows = hidden[:, :-1][inputs.select]
     halves = split_contrastive(terms)
     if halves is None and selector is not None and isinstance(signal, TeacherSignal):
@@ -110,8 +252,45 @@ def micro_batch_loss(
     return outs[0] if len(outs) == 1 else merge_outputs(outs)
 
 
+def aligned_loss(
+    student: torch.nn.Module,
+    hidden: torch.Tensor,
+    signal: AlignedSignal | None,
+    inputs: StepInputs,
+    terms: list[ActiveTerm],
+    params: dict[str, dict] | None,
+    units: dict[str, torch.Tensor] | None,
+) -> LossOutput:
+    """Aligned terms over the batch's chunks, each divided by its global units. Hinton's
+    T**2 scales uld, gold_hybrid and mined as it does the divergences; alm's temperature is
+    its binarisation tau. A zero-weight term is computed without gradient and logged."""
+    from anydistill.losses.cross import cross_loss
+
+    if not isinstance(signal, AlignedSignal) or inputs.aligned is None:
+        raise TrainingError(
+            f"term {terms[0].name!r} ({terms[0].kind}) compares two tokenizers; it needs a "
+            "teacher on its own tokenizer and data through the align stage"
+        )
+    batch = inputs.aligned.batch(hidden, signal.hidden)
+    loss = hidden.new_zeros((), dtype=torch.float32)
+    values: dict[str, torch.Tensor] = {}
+    for term in terms:
+        count = units[term.name].clamp(min=1.0) if units else torch.ones((), device=hidden.device)
+        grad = contextlib.nullcontext() if term.weight > 0 else torch.no_grad()
+        with grad:
+            total, _ = cross_loss(
+                term.kind, batch, output_head(student), signal.head, (params or {})[term.name]
+            )
+        scale = 1.0 if term.kind == "alm" else term.temperature**2
+        if term.weight > 0:
+            loss = loss + term.weight * scale * total / count
+        values[term.name] = scale * total.detach() / count
+    chunks = torch.tensor(float(inputs.aligned.n_chunks), device=hidden.device)
+    return LossOutput(loss=loss, terms=values, stats={"chunks": chunks})
+
+
 def merge_outputs(outs: list[LossOutput]) -> LossOutput:
-    """Sum the engine's outputs over disjoint row sets that share one normalizer."""
+    """Sum outputs over disjoint row sets or disjoint term sets."""
 
     def total(key: str, dicts: list[dict[str, torch.Tensor]]) -> torch.Tensor:
         return sum(d[key] for d in dicts if key in d)
@@ -125,104 +304,14 @@ def merge_outputs(outs: list[LossOutput]) -> LossOutput:
     )
 
 
-def global_token_count(
-    accelerator: Accelerator, batches: list[dict[str, torch.Tensor]]
-) -> torch.Tensor:
-    local = sum(int(b["loss_mask"][:, 1:].sum()) for b in batches)
-    count = torch.tensor(float(local), device=accelerator.device)
+def family(kind: str) -> str:
+    return "aligned" if kind in CROSS_TERM_KINDS else "vocabulary"
+
+
+def needs_teacher(kind: str) -> bool:
+    return kind != "ce"
+
+
+def _global(accelerator: Accelerator, value: float) -> torch.Tensor:
+    count = torch.tensor(float(value), device=accelerator.device)
     return accelerator.reduce(count, reduction="sum")
-
-
-@dataclass
-class StepResult:
-    loss: float
-    terms: dict[str, float]
-    stats: dict[str, float]
-    tokens: int
-    grad_norm: float | None
-
-
-def train_step(
-    accelerator: Accelerator,
-    student: torch.nn.Module,
-    teacher: torch.nn.Module | None,
-    optimizer: torch.optim.Optimizer,
-    batches: list[dict[str, torch.Tensor]],
-    terms: list,
-    vocab_size: int,
-    engine: str,
-    chunk_size: int | None,
-    max_grad_norm: float | None,
-    bf16: bool = False,
-    selector: Any | None = None,
-) -> StepResult:
-    """Forward/backward over the step's micro-batches; the caller steps the optimizer."""
-    normalizer = global_token_count(accelerator, batches)
-
-    def micro(batch: dict[str, torch.Tensor]) -> LossOutput:
-        inputs = step_inputs(batch, accelerator.device)
-        return micro_batch_loss(
-            student,
-            teacher,
-            inputs,
-            terms,
-            vocab_size,
-            normalizer,
-            engine,
-            chunk_size,
-            selector,
-        )
-
-    result = accumulate(accelerator, student, batches, micro, max_grad_norm, bf16)
-    result.tokens = int(normalizer.item())
-    return result
-
-
-def accumulate(
-    accelerator: Accelerator,
-    student: torch.nn.Module,
-    batches: list,
-    micro: Callable[[Any], LossOutput],
-    max_grad_norm: float | None,
-    bf16: bool,
-) -> StepResult:
-    """Backward of `micro(batch)` for each micro-batch (gradient sync on the last only), the
-    rank-summed loss, terms and stats, and the clipped gradient norm. `tokens` is left 0."""
-    # DDP averages gradients over ranks; scaling by world size turns that into the global sum.
-    scale = float(accelerator.num_processes)
-    total = torch.zeros((), device=accelerator.device)
-    term_sums: dict[str, torch.Tensor] = {}
-    stat_sums: dict[str, torch.Tensor] = {}
-    for i, batch in enumerate(batches):
-        last = i == len(batches) - 1
-        sync = contextlib.nullcontext() if last else accelerator.no_sync(student)
-        autocast = torch.autocast(accelerator.device.type, torch.bfloat16, enabled=bf16)
-        with sync, autocast:
-            out = micro(batch)
-            accelerator.backward(out.loss * scale)
-        total += out.loss.detach()
-        for k, v in out.terms.items():
-            term_sums[k] = term_sums.get(k, 0.0) + v
-        for k, v in out.stats.items():
-            stat_sums[k] = stat_sums.get(k, 0.0) + v
-    keys = sorted(term_sums)
-    skeys = sorted(stat_sums)
-    packed = torch.stack([total, *[term_sums[k] for k in keys], *[stat_sums[k] for k in skeys]])
-    packed = accelerator.reduce(packed.float(), reduction="sum").tolist()
-    grad_norm = None
-    if all(map(_finite, packed[: 1 + len(keys)])):
-        # Measured even without clipping (an infinite limit scales by exactly 1): the run's
-        # guards need it to tell a dead student from a learning one.
-        limit = max_grad_norm if max_grad_norm is not None else float("inf")
-        grad_norm = float(accelerator.clip_grad_norm_(student.parameters(), limit))
-    return StepResult(
-        loss=packed[0],
-        terms=dict(zip(keys, packed[1 : 1 + len(keys)], strict=True)),
-        stats=dict(zip(skeys, packed[1 + len(keys) :], strict=True)),
-        tokens=0,
-        grad_norm=grad_norm,
-    )
-
-
-def _finite(x: float) -> bool:
-    return x == x and abs(x) != float("inf")

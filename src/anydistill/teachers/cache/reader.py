@@ -14,9 +14,11 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from anydistill.data.views import StepInputs
 from anydistill.errors import ConfigError, DataError
 from anydistill.losses.sparse import SparseTeacher
 from anydistill.models.tokenizer import tokenizer_hash
+from anydistill.teachers.base import NO_EXTRAS, Needs
 from anydistill.teachers.cache.codec import Codec
 from anydistill.teachers.cache.keys import batch_keys
 from anydistill.teachers.cache.manifest import (
@@ -180,11 +182,19 @@ def _shard_keys(root: Path, entry: Any) -> dict[str, list]:
 
 
 class CachedTeacher:
-    """What the trainer holds instead of a teacher model: a cache and its tail mode."""
+    """The offline top-k cache as a teacher kind (`kind = "cache"`, see teachers.base)."""
+
+    kind = "cache"
+    model = None
 
     def __init__(self, root: Path | str, tail: str) -> None:
         self.cache = TeacherCache(root)
         self.tail = tail
 
-    def signal(self, input_ids, attention, select) -> SparseTeacher:
-        return self.cache.signal(input_ids, attention, select, self.tail)
+    def signal(self, inputs: StepInputs, needs: Needs = NO_EXTRAS) -> SparseTeacher:
+        if needs.hidden_layers or needs.attention_layers:
+            raise ConfigError(
+                "teacher.kind: a cache holds the teacher's top-k distribution only; terms on "
+                "layer features need a live teacher (teacher.kind: model)"
+            )
+        return self.cache.signal(inputs.input_ids, inputs.attention_mask, inputs.select, self.tail)

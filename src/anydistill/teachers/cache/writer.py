@@ -11,11 +11,9 @@ sentence, leaving the shards written before it listed and no temp file behind.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,13 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from anydistill.config import RunConfig
 from anydistill.data.collate import collate
+from anydistill.data.views import step_inputs
 from anydistill.errors import ConfigError, DataError
 from anydistill.losses.chunk_math import head_logits
 from anydistill.models.heads import HiddenStates, output_head
-from anydistill.models.loading import freeze, max_positions
-from anydistill.models.tokenizer import real_vocab_size, tokenizer_hash
 from anydistill.paths import (
     check_writable_dir,
     disk_full_message,
@@ -37,7 +33,7 @@ from anydistill.paths import (
     refuse_foreign,
 )
 from anydistill.teachers.cache.codec import VALUE_BITS, Codec
-from anydistill.teachers.cache.keys import dataset_fingerprint, example_key
+from anydistill.teachers.cache.keys import example_key
 from anydistill.teachers.cache.manifest import (
     FORMAT,
     MANIFEST,
@@ -54,8 +50,6 @@ from anydistill.teachers.cache.manifest import (
     sum_name,
     write_atomic,
 )
-from anydistill.train.setup import load_model, pick_device, raw_data_and_tokenizer, tokenized
-from anydistill.train.step import step_inputs
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +63,6 @@ class CacheSettings:
     max_gap: float = 20.0
     samples_per_shard: int = 256
     batch_size: int = 8
-
-
-def _teacher_identity(cfg: RunConfig) -> dict[str, Any]:
-    t = cfg.teacher
-    ident: dict[str, Any] = {"path": t.path, "revision": t.revision, "dtype": t.dtype}
-    if t.init is not None:  # random weights: the config and the seed are the identity
-        blob = json.dumps(t.init, sort_keys=True).encode()
-        ident.update(init_sha=hashlib.sha256(blob).hexdigest()[:32], seed=cfg.train.seed + 1)
-    return ident
 
 
 @torch.no_grad()
@@ -100,14 +85,23 @@ def _top_k_rows(teacher, batch: dict, codec: Codec, vocab: int, device) -> tuple
     return rows, inputs.select.sum(dim=1).tolist()
 
 
-def _header(cfg, settings, codec, tok_hash, fingerprint, n_samples) -> dict[str, Any]:
+def cache_header(
+    teacher: dict[str, Any],
+    data: dict[str, Any],
+    settings: CacheSettings,
+    codec: Codec,
+    tok_hash: str,
+    fingerprint: str,
+    n_samples: int,
+) -> dict[str, Any]:
+    """The manifest's header: what the rows were computed from. `data` is seq_len/packing."""
     return {
         "format": FORMAT,
-        "teacher": _teacher_identity(cfg),
+        "teacher": teacher,
         "tokenizer_hash": tok_hash,
         "dataset_fingerprint": fingerprint,
-        "seq_len": cfg.data.seq_len,
-        "packing": cfg.data.packing,
+        "seq_len": data["seq_len"],
+        "packing": data["packing"],
         "vocab_size": codec.vocab_size,
         "k": codec.k,
         "value_bits": codec.value_bits,
@@ -136,7 +130,7 @@ _CACHE_NAMES = re.compile(
 )
 
 
-def _check_out(out: Path, settings: CacheSettings) -> Path:
+def check_out(out: Path, settings: CacheSettings) -> Path:
     """--out is new, empty or a cache; the settings make sense. Nothing is made here."""
     if bad := [n for n in ("k", "samples_per_shard", "batch_size") if getattr(settings, n) < 1]:
         raise ConfigError(f"--{bad[0].replace('_', '-')} must be at least 1")
@@ -149,55 +143,23 @@ def _check_out(out: Path, settings: CacheSettings) -> Path:
     return out
 
 
-def write_cache(cfg: RunConfig, out: Path, settings: CacheSettings, progress: bool = True) -> Path:
-    """Write (or finish) the cache in `out`; returns the manifest path. A start that fails
-    before its first shard removes what it made (the folder, the trained tokenizer)."""
-    if cfg.teacher.kind == "cache":
-        raise ConfigError("teacher.kind: `anydistill cache` needs a teacher model, not a cache")
-    out = _check_out(out, settings)  # before anything is made
-    made_out, made_tok = not out.exists(), not (out / "tokenizer").exists()
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        return _write(cfg, out, settings, progress)
-    except BaseException:
-        if not (out / "manifest.json").exists():
-            if made_tok:
-                shutil.rmtree(out / "tokenizer", ignore_errors=True)
-            if made_out and not any(out.iterdir()):
-                out.rmdir()
-        raise
-
-
-def _write(cfg: RunConfig, out: Path, settings: CacheSettings, progress: bool) -> Path:
-    device = pick_device(cfg.train.device)
-    train_ds, eval_ds, tokenizer = raw_data_and_tokenizer(cfg, out)
-    vocab = real_vocab_size(tokenizer)
-    try:
-        codec = Codec(settings.k, vocab, settings.value_bits, settings.max_gap)
-    except ValueError:
-        raise ConfigError(
-            f"--k {settings.k} must be at most the vocabulary size ({vocab})"
-        ) from None
-    if not (out / "tokenizer").is_dir():  # training from the cache reads it from here
-        tokenizer.save_pretrained(str(out / "tokenizer.tmp"))
-        (out / "tokenizer.tmp").rename(out / "tokenizer")
-    samples = _unique_samples(tokenized(cfg, train_ds, eval_ds, tokenizer))
-    header = _header(
-        cfg,
-        settings,
-        codec,
-        tokenizer_hash(tokenizer),
-        dataset_fingerprint(k for k, _ in samples),
-        len(samples),
-    )
-    done = _previous_shards(out, header)
-
-    teacher = freeze(load_model(cfg.teacher, "teacher", vocab, device, True, cfg.train.seed + 1))
-    limit = max_positions(teacher)
-    if limit is not None and cfg.data.seq_len > limit:
-        raise ConfigError(f"data.seq_len is {cfg.data.seq_len} but the teacher handles {limit}")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    job = _Job(out, teacher, codec, vocab, pad, settings, device, header_sha256(header))
+def write_shards(
+    out: Path,
+    header: dict[str, Any],
+    samples: list[tuple[str, dict]],
+    teacher: torch.nn.Module,
+    codec: Codec,
+    pad_id: int,
+    settings: CacheSettings,
+    device: torch.device,
+    done: dict[int, dict],
+    progress: bool = True,
+) -> Path:
+    """Write every shard `out` lacks (or holds damaged) and the manifest after each one;
+    returns the manifest path. `done` (`previous_shards`) lists the shards already written
+    for the same header; those are kept."""
+    job = _Job(out, teacher, codec, codec.vocab_size, pad_id, settings, device,
+               header_sha256(header))  # fmt: skip
     per = settings.samples_per_shard
     n_shards = max(1, -(-len(samples) // per))
     shards = []
@@ -217,7 +179,7 @@ def _write(cfg: RunConfig, out: Path, settings: CacheSettings, progress: bool) -
     return out / MANIFEST
 
 
-def _unique_samples(data) -> list[tuple[str, dict]]:
+def unique_samples(data) -> list[tuple[str, dict]]:
     """(key, example) of the training sequences, first occurrence of each content key."""
     samples, seen = [], set()
     for example in data.train:
@@ -242,7 +204,7 @@ class _Job:
     header_sha: str
 
 
-def _previous_shards(out: Path, header: dict[str, Any]) -> dict[int, dict]:
+def previous_shards(out: Path, header: dict[str, Any]) -> dict[int, dict]:
     """Shards an earlier run listed, by index; a corrupt manifest is rebuilt (from the shards
     whose own checksum records still verify) rather than refused."""
     try:

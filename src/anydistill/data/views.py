@@ -1,0 +1,61 @@
+"""What a model sees of one micro-batch: its inputs, which positions predict a target, and,
+when the teacher reads another tokenizer, the aligned teacher side.
+
+A source yields either a padded dict (`input_ids`, `attention_mask`, `loss_mask`, and for
+paired batches `teacher_rows`) or `CrossTokens` (both tokenizations of the same texts, with
+their chunks). `step_inputs` turns either into one `StepInputs`, so the training step, the
+evaluators and the cache writer never ask which one they got.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from anydistill.data.aligned import CrossTokens
+
+Batch = dict[str, torch.Tensor] | CrossTokens
+
+
+@dataclass
+class StepInputs:
+    """The student's view of one micro-batch: targets already shifted and selected."""
+
+    input_ids: torch.Tensor  # [B, T]
+    attention_mask: torch.Tensor  # [B, T] long
+    select: torch.Tensor  # [B, T-1] bool: which positions predict a target token
+    labels: torch.Tensor  # [N] the target tokens of the selected positions
+    teacher_rows: torch.Tensor | None = None  # [N] bool: token is in a teacher response
+    aligned: CrossTokens | None = None  # the teacher's own tokens and the shared chunks
+
+
+def step_inputs(batch: Batch, device: torch.device) -> StepInputs:
+    if isinstance(batch, CrossTokens):
+        return _aligned_inputs(batch, device)
+    ids = batch["input_ids"].to(device)
+    mask = batch["attention_mask"].to(device)
+    select = batch["loss_mask"][:, 1:].to(device)
+    flags = batch.get("teacher_rows")
+    rows = None
+    if flags is not None:
+        rows = flags.to(device)[:, None].expand_as(select)[select]
+    return StepInputs(ids, mask, select, ids[:, 1:][select], rows)
+
+
+def _aligned_inputs(tokens: CrossTokens, device: torch.device) -> StepInputs:
+    # `student_ce` lists the attended positions in row-major order and marks those whose
+    # next token is a target: laid back on the grid it is the dict path's loss_mask[:, 1:].
+    attention = tokens.student_attention
+    grid = torch.zeros_like(attention)
+    grid[attention] = tokens.student_ce
+    ids = tokens.student_ids.to(device)
+    select = grid[:, :-1].to(device)
+    return StepInputs(ids, attention.long().to(device), select, ids[:, 1:][select], aligned=tokens)
+
+
+def target_count(batch: Batch) -> int:
+    """How many positions of `batch` predict a target token (the step's token normalizer)."""
+    if isinstance(batch, CrossTokens):
+        return int(batch.student_ce.sum())
+    return int(batch["loss_mask"][:, 1:].sum())
