@@ -9,9 +9,11 @@ from anydistill.align.chunks import (
     align_encoded,
     align_ids,
     align_texts,
+    byte_lengths,
     char_to_byte,
     chunk_ids,
     tile_ends,
+    token_spans,
 )
 from anydistill.align.token_bytes import (
     TokenizerInfo,
@@ -34,6 +36,7 @@ __all__ = [
     "align_ids",
     "align_texts",
     "byte_decoder",
+    "byte_lengths",
     "char_to_byte",
     "check_pair",
     "chunk_ids",
@@ -42,6 +45,7 @@ __all__ = [
     "render_token",
     "tile_ends",
     "token_bytes",
+    "token_spans",
     "token_view",
     "verify",
 ]

@@ -223,6 +223,31 @@ def _spans(n: int, keep: np.ndarray, ends: np.ndarray) -> np.ndarray:
     return spans
 
 
+def token_spans(
+    tok: Any,
+    text: str,
+    ids: Sequence[int] | np.ndarray,
+    offsets: Sequence[Sequence[int]] | np.ndarray,
+) -> np.ndarray:
+    """[n, 2] UTF-8 byte span of each token of one tokenization of `text`; -1 for tokens
+    that cover no text (bos/eos added by a post-processor).
+
+    `ids` and `offsets` (character offsets) are the tokenizer's own encoding of `text`. The
+    spans tile the text's bytes in order: a dummy-prefix '▁' / 'Ġ' spells none of it, a '▁'
+    the normalizer wrote for a space spells that space, and tokens that share a character
+    (byte fallback) split it by the bytes each one spells.
+    """
+    view = token_view(tok)
+    ids_arr = np.asarray(ids, dtype=np.int64).reshape(-1)
+    off = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    if len(ids_arr) != len(off):
+        raise ValueError(f"{len(ids_arr)} ids but {len(off)} offsets")
+    if len(ids_arr) and (ids_arr.min() < 0 or ids_arr.max() >= len(view.lengths)):
+        raise DataError("token ids fall outside the tokenizer's vocabulary")
+    keep, ends = _side(view, text, char_to_byte(text), ids_arr, off)
+    return _spans(len(ids_arr), keep, ends)
+
+
 def _scatter(n: int, keep: np.ndarray, values: np.ndarray) -> Tensor:
     out = np.full(n, -1, dtype=np.int64)
     out[keep] = values
@@ -292,8 +317,8 @@ def _id_lengths(
     lengths = view.lengths[ids].copy()
     info = view.info
     if info.dummy_prefix and len(ids):
-        added = np.fromiter((i in view.added for i in ids.tolist()), bool, len(ids))
-        starts = np.flatnonzero(np.concatenate(([True], added[:-1])) & (lengths > 0))
+        cuts = np.fromiter((i in view.splits for i in ids.tolist()), bool, len(ids))
+        starts = np.flatnonzero(np.concatenate(([True], cuts[:-1])) & (lengths > 0))
         if info.dummy_first_only:
             starts = starts[:1]
         if keep_first_space and info.dummy_conditional:
@@ -307,6 +332,25 @@ def _id_lengths(
         if n > 0
     ]
     return lengths, b"".join(pieces)
+
+
+def byte_lengths(tok: Any, ids: Sequence[int] | Tensor) -> np.ndarray:
+    """int64 [n]: the UTF-8 bytes of the text that each token of one encoded sequence spells,
+    from the ids alone (bits per byte over any subset of the tokens).
+
+    '▁' / 'Ġ' marking a space counts one byte, a byte-fallback token one byte, a special
+    token none, and a dummy-prefix space none (a tokenizer that adds it only where the text
+    has no space already is read as having added it). Exact for tokenizers that spell their
+    input byte for byte (`token_view(tok).info.lossless`), except a literal '▁' in the text
+    of a '▁' family (read as a space); others spell their normalized text.
+    """
+    view = token_view(tok)
+    arr = ids.cpu().numpy() if isinstance(ids, Tensor) else np.asarray(ids)
+    arr = arr.astype(np.int64).reshape(-1)
+    if len(arr) and (arr.min() < 0 or arr.max() >= len(view.lengths)):
+        raise DataError("token ids fall outside the tokenizer's vocabulary")
+    lengths, _ = _id_lengths(view, arr, keep_first_space=False)
+    return np.maximum(lengths, 0)
 
 
 def align_ids(

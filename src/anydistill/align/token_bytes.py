@@ -5,6 +5,13 @@ lengths to split one character among byte tokens. Token strings are not bytes: b
 spells bytes through GPT-2's byte-to-unicode map ('Ġ' = space), SentencePiece uses '▁' for a
 space and `<0xNN>` byte-fallback tokens, WordPiece marks continuations with '##'. The family is
 read from the backend tokenizer's JSON (model, normalizer, pre-tokenizer, decoder).
+
+'▁' marks a space whether a Metaspace pre-tokenizer writes it or the normalizer does
+(`Replace(" ", "▁")`, as Llama-2/Mistral-style and Gemma-style files ship, with or without
+`Prepend("▁")` / `Prepend(" ")` for the dummy prefix). Added tokens are read the way the
+tokenizer matches them: one that is also a model piece is spelled as the model spells it (Gemma
+lists its whitespace runs '▁▁', '▁▁▁', ... as added tokens the model emits from spaces), a
+`normalized` one spells its normalized content, any other one its literal content.
 """
 
 from __future__ import annotations
@@ -20,9 +27,9 @@ import numpy as np
 from anydistill.errors import ModelError
 
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
-# Normalizers / pre-tokenizers that keep every byte of the text in the tokens.
-_LOSSLESS_NORMALIZERS = {"Prepend", "Replace", "Sequence"}
+# Pre-tokenizers that keep every byte of the text in the tokens.
 _LOSSLESS_PRE = {"ByteLevel", "Split", "Metaspace", "Digits", "Punctuation", "Sequence"}
+_SPACE = ({"String": " "}, {"Regex": " "})  # a Replace pattern matching one space
 
 
 @lru_cache(maxsize=1)
@@ -51,6 +58,11 @@ class TokenizerInfo:
     dummy_prefix: a space ('▁' / 'Ġ') is added before the first word of each text segment
     (a segment is the text between added tokens); dummy_conditional: only where the segment
     does not start with a space already; dummy_first_only: only in the first segment.
+    dummy_in_normalizer: the normalizer adds it (`Prepend`), so only added tokens matched
+    before normalization (not `normalized` ones) start a segment.
+    normalizer_marks: the normalizer itself writes the space marker (`Replace(" ", "▁")`),
+    so text matched after normalization (model pieces, `normalized` added tokens) spells
+    '▁' for a space.
     """
 
     family: str
@@ -62,6 +74,8 @@ class TokenizerInfo:
     dummy_first_only: bool = False
     replacement: str = "▁"
     continuing_prefix: str = ""
+    dummy_in_normalizer: bool = False
+    normalizer_marks: bool = False
 
 
 def _components(node: Any) -> list[dict]:
@@ -83,6 +97,31 @@ def _model_type(model: dict) -> str:
     return "BPE" if "merges" in model else "WordPiece"
 
 
+def _space_marks(norms: list[dict]) -> list[dict]:
+    """Normalizer `Replace` steps that turn each space into one marker character."""
+    return [
+        c
+        for c in norms
+        if c.get("type") == "Replace"
+        and c.get("pattern") in _SPACE
+        and len(c.get("content") or "") == 1
+        and c.get("content") != " "
+    ]
+
+
+def _normalizer_dummy(norms: list[dict], replacement: str) -> bool:
+    """A `Prepend` of the marker, or of a space that a later step turns into the marker."""
+    for k, c in enumerate(norms):
+        if c.get("type") != "Prepend":
+            continue
+        if c.get("prepend") == replacement:
+            return True
+        later = _space_marks(norms[k + 1 :])
+        if c.get("prepend") == " " and any(m.get("content") == replacement for m in later):
+            return True
+    return False
+
+
 def detect_info(spec: dict) -> TokenizerInfo:
     """Read the family and its byte rules from a `tokenizer.json` dict."""
     model = spec.get("model") or {}
@@ -93,17 +132,30 @@ def detect_info(spec: dict) -> TokenizerInfo:
     types = {c.get("type") for c in pres + decs}
     byte_fallback = bool(model.get("byte_fallback")) or "ByteFallback" in types
     metas = [c for c in pres + decs if c.get("type") == "Metaspace"]
-    replacement = metas[0].get("replacement", "▁") if metas else "▁"
-    replaces_space = any(
-        c.get("type") == "Replace" and c.get("content") == replacement for c in norms
+    marks = _space_marks(norms)
+    if metas:
+        replacement = metas[0].get("replacement", "▁")
+    else:
+        replacement = marks[0]["content"] if marks else "▁"
+    replaces_space = any(c.get("content") == replacement for c in marks)
+    byte_norm = any(c.get("type") == "ByteLevel" for c in norms)
+    dummy = in_norm = _normalizer_dummy(norms, replacement)
+    # transformers' generic SentencePiece conversion doubles a leading marker, so that the
+    # Metaspace prefix below is added whether or not the text starts with a space
+    lead = {"Regex": "\\A" + replacement}
+    doubled = replaces_space and any(
+        c.get("type") == "Replace"
+        and c.get("pattern") == lead
+        and c.get("content") == replacement * 2
+        for c in norms
     )
-    dummy = any(c.get("type") == "Prepend" and c.get("prepend") == replacement for c in norms)
-    conditional = first_only = False
+    conditional = first_only = prefix_scheme = False
     for c in pres:
         if c.get("type") == "Metaspace":
             scheme = c.get("prepend_scheme", "always" if c.get("add_prefix_space") else "never")
             if scheme in ("always", "first") and not dummy:
-                dummy = conditional = True
+                dummy = prefix_scheme = True
+                conditional = not doubled
                 first_only = scheme == "first"
         if c.get("type") == "ByteLevel" and c.get("add_prefix_space") and not dummy:
             dummy = conditional = True
@@ -112,7 +164,7 @@ def detect_info(spec: dict) -> TokenizerInfo:
     pieces = [p[0] for p in vocab] if isinstance(vocab, list) else list(vocab)
     if pieces and all(_BYTE_TOKEN.fullmatch(p) for p in pieces):
         family = "bytes"
-    elif "ByteLevel" in types:
+    elif "ByteLevel" in types or byte_norm:
         family = "byte_level"
     elif mtype == "WordPiece":
         family = "wordpiece"
@@ -121,15 +173,23 @@ def detect_info(spec: dict) -> TokenizerInfo:
     else:
         family = "plain"
 
-    norm_ok = all(c.get("type") in _LOSSLESS_NORMALIZERS for c in norms) and all(
-        c.get("type") != "Replace"
-        or (c.get("content") == replacement and c.get("pattern") == {"String": " "})
-        for c in norms
-    )
+    def norm_lossless(c: dict) -> bool:
+        kind = c.get("type")
+        if kind in ("Sequence", "ByteLevel"):
+            return True
+        if kind == "Prepend":  # a dummy prefix only
+            return in_norm and c.get("prepend") in (replacement, " ")
+        if kind == "Replace":
+            if c.get("pattern") in _SPACE:
+                return c.get("content") == replacement
+            return doubled and prefix_scheme and c.get("pattern") == lead
+        return False
+
     pre_ok = all(c.get("type") in _LOSSLESS_PRE for c in pres) and all(
         c.get("behavior") != "Removed" or c.get("invert") for c in pres if c["type"] == "Split"
     )
     no_unk = family in ("byte_level", "bytes") or byte_fallback
+    lossless = all(norm_lossless(c) for c in norms) and pre_ok and no_unk
     return TokenizerInfo(
         family=family,
         model=mtype,
@@ -137,9 +197,12 @@ def detect_info(spec: dict) -> TokenizerInfo:
         dummy_prefix=dummy,
         dummy_conditional=conditional,
         dummy_first_only=first_only,
-        lossless=norm_ok and pre_ok and no_unk and mtype != "WordPiece",
+        lossless=lossless and mtype != "WordPiece",
         replacement=replacement,
         continuing_prefix=model.get("continuing_subword_prefix") or "",
+        dummy_in_normalizer=in_norm,
+        normalizer_marks=(family == "metaspace" and replaces_space)
+        or (family == "byte_level" and byte_norm),
     )
 
 
@@ -184,6 +247,9 @@ class TokenView:
     lengths[i] is the byte length, -1 where token_bytes is None; is_special marks special ids.
     split_lengths[i] is the length used to split a character shared by several tokens: the
     most bytes the token can stand for in the text ('▁' counts 3, as a literal '▁' would).
+    `added` holds every added-token id; `splits` those that cut the text into segments (where
+    a dummy prefix starts again): not the ones the model also emits (Gemma's '▁▁'), and not
+    `normalized` ones when the normalizer adds the dummy prefix (they are matched after it).
     """
 
     backend: Any
@@ -195,6 +261,26 @@ class TokenView:
     added: frozenset[int]
     unk_id: int | None
     fingerprint: int  # equal for vocabularies whose every id spells the same bytes
+    splits: frozenset[int] = frozenset()
+
+
+def _emitted(entry: dict, model_vocab: dict[str, int], info: TokenizerInfo) -> bool:
+    """An added token that is also a model piece the model spells differently from its
+    content: the model emits it (the tokenizer matches the content itself only in text that
+    holds a literal marker, which reads as a space anyway), so it is spelled as a model piece.
+    """
+    content = entry["content"]
+    same_id = model_vocab.get(content) == entry["id"]
+    return same_id and render_token(content, info) != content.encode("utf-8")
+
+
+def _added_source(entry: dict, backend: Any, info: TokenizerInfo) -> tuple[str, bool]:
+    """(the string a non-emitted, non-special added token spells, whether its markers read
+    as spaces): a `normalized` one is matched in the normalized text, so it spells its
+    normalized content; any other one its literal content."""
+    if entry.get("normalized") and backend.normalizer is not None:
+        return backend.normalizer.normalize_str(entry["content"]), info.normalizer_marks
+    return entry["content"], False
 
 
 def build_view(tok: Any) -> TokenView:
@@ -203,6 +289,7 @@ def build_view(tok: Any) -> TokenView:
     spec = json.loads(backend.to_str())
     info = detect_info(spec)
     vocab = backend.get_vocab(with_added_tokens=True)
+    model_vocab = backend.get_vocab(with_added_tokens=False)
     size = max(vocab.values()) + 1 if vocab else 0
     strings: list[str | None] = [None] * size
     for piece, i in vocab.items():
@@ -212,25 +299,52 @@ def build_view(tok: Any) -> TokenView:
     unk = model.get("unk_token")
     unk_id = vocab.get(unk) if isinstance(unk, str) else model.get("unk_id")
     rendered: list[bytes | None] = []
+    marked: dict[int, str] = {}  # ids whose bytes read markers of this string as spaces
+    splits = set()
     special = np.zeros(size, dtype=bool)
     for i, piece in enumerate(strings):
         if i in added:
-            special[i] = bool(added[i].get("special"))
-            rendered.append(None if special[i] else added[i]["content"].encode("utf-8"))
+            entry = added[i]
+            special[i] = bool(entry.get("special"))
+            if special[i]:
+                rendered.append(None)
+                splits.add(i)
+                continue
+            emitted = _emitted(entry, model_vocab, info)
+            source, as_model = (
+                (entry["content"], True) if emitted else _added_source(entry, backend, info)
+            )
+            rendered.append(render_token(source, info) if as_model else source.encode("utf-8"))
+            if as_model:
+                marked[i] = source
+            if not emitted and not (info.dummy_in_normalizer and entry.get("normalized")):
+                splits.add(i)
         elif piece is None or i == unk_id:
             rendered.append(None)
         else:
             rendered.append(render_token(piece, info))
+            marked[i] = piece
     lengths = np.array([-1 if b is None else len(b) for b in rendered], dtype=np.int64)
     split = lengths
-    if info.family == "metaspace":
+    if info.family == "metaspace":  # a space read from a marker may be a literal marker
         split = lengths.copy()
-        for i, piece in enumerate(strings):
-            if lengths[i] >= 0 and piece is not None and info.replacement in piece:
-                split[i] = lengths[i] + 2 * piece.count(info.replacement)
+        mark = info.replacement.encode("utf-8")
+        for i, source in marked.items():
+            if lengths[i] >= 0 and info.replacement in source:
+                read = source.encode("utf-8").count(mark) - rendered[i].count(mark)
+                split[i] = lengths[i] + (len(mark) - 1) * read
     fingerprint = hash((tuple(rendered), special.tobytes()))
     return TokenView(
-        backend, info, rendered, lengths, split, special, frozenset(added), unk_id, fingerprint
+        backend,
+        info,
+        rendered,
+        lengths,
+        split,
+        special,
+        frozenset(added),
+        unk_id,
+        fingerprint,
+        frozenset(splits),
     )
 
 

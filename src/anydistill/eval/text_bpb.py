@@ -5,17 +5,51 @@ of the same text, divided by its UTF-8 bytes, can. Each text is tokenized by the
 tokenizer (bos first when the tokenizer has one, so the first text token is scored too) and
 every text token is scored; the byte count is the text's, identical for every model (without
 a bos the first token is only context and its bytes are left out).
+
+The bytes a token spells come from its span in the text (`anydistill.align.token_spans`), not
+from decoding it: a decoder that strips the dummy-prefix space, a '▁' that stands for a space,
+or a byte-fallback token holding part of a character would otherwise be miscounted.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from anydistill.align.chunks import token_spans
+from anydistill.errors import ModelError
 from anydistill.losses.chunk_math import head_logits
 from anydistill.models.heads import HiddenStates, output_head
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> tuple[list[int], np.ndarray | None]:
+    """The text's ids and each token's byte end in it (None for a slow tokenizer)."""
+    if getattr(tokenizer, "backend_tokenizer", None) is None:
+        return tokenizer(text, add_special_tokens=False)["input_ids"], None
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    try:
+        spans = token_spans(tokenizer, text, ids, enc["offset_mapping"])
+    except ModelError:
+        return ids, None
+    return ids, np.maximum.accumulate(np.maximum(spans[:, 1], 0)) if len(ids) else spans[:, 1]
+
+
+def _counted_bytes(tokenizer, text: str, ids: list[int], ends, kept: int, bos: bool) -> int:
+    """Bytes of `text` that the first `kept` tokens spell, less the first token's without a
+    bos (it is context, not predicted)."""
+    if ends is None:  # no spans: decode, as well as a slow tokenizer allows
+        part = text if kept == len(ids) else tokenizer.decode(ids[:kept])
+        first = 0 if bos else len(tokenizer.decode(ids[:1]).encode("utf-8"))
+        return len(part.encode("utf-8")) - first
+    if kept == len(ids):
+        total = len(text.encode("utf-8"))
+    else:
+        total = int(ends[kept - 1]) if kept else 0
+    return total - (0 if bos else int(ends[0]))
 
 
 @torch.no_grad()
@@ -29,7 +63,7 @@ def text_bits_per_byte(
     """`bits_per_byte`, total `nll` (nats), `bytes` and `tokens` over `texts`.
 
     Texts longer than `max_len` tokens are cut at a token boundary; their bytes are counted
-    up to that point (the decoded prefix), so the ratio stays honest.
+    up to that point (the bytes the kept tokens spell), so the ratio stays honest.
     """
     device = next(model.parameters()).device
     was_training = model.training
@@ -40,16 +74,12 @@ def text_bits_per_byte(
     for start in range(0, len(texts), batch_size):
         rows = []
         for text in texts[start : start + batch_size]:
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-            if len(ids) + len(bos) > max_len:
-                ids = ids[: max_len - len(bos)]
-                text = tokenizer.decode(ids)
-            if not bos and len(ids) < 2:
+            ids, ends = _encode(tokenizer, text)
+            kept = min(len(ids), max_len - len(bos))
+            if not bos and kept < 2:
                 continue
-            rows.append(bos + ids)
-            nbytes += len(text.encode("utf-8"))
-            if not bos:  # the first token is context, not predicted: its bytes do not count
-                nbytes -= len(tokenizer.decode(ids[:1]).encode("utf-8"))
+            rows.append(bos + ids[:kept])
+            nbytes += _counted_bytes(tokenizer, text, ids, ends, kept, bool(bos))
         if not rows:
             continue
         width = max(len(r) for r in rows)

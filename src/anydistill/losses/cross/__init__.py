@@ -3,7 +3,8 @@
 Every term takes one `CrossBatch` (student rows, teacher rows, chunk ids from
 `anydistill.align`), the student's output head and the teacher (its head, or its log-probs
 [Nt, V_t]), and returns `(sum over chunks, number of chunks used)` so the caller normalizes
-across micro-batches and ranks. The math runs in float32 on blocks of rows (chunk-level sums
+across micro-batches and ranks; `term_units` gives that number from the aligned batch alone,
+before any forward. The math runs in float32 on blocks of rows (chunk-level sums
 in float64), differentiable w.r.t. the student's hidden states and head.
 
     tokens = build_cross_batch(teacher_tok, student_tok, texts, max_len=512)
@@ -23,6 +24,7 @@ from torch import Tensor
 
 from anydistill.data.aligned import CrossBatch, CrossTokens, build_cross_batch
 from anydistill.losses.cross.alm import alm_loss, binary_divergence
+from anydistill.losses.cross.common import unit_counts
 from anydistill.losses.cross.gold import gold_hybrid_loss
 from anydistill.losses.cross.mined import mined_loss
 from anydistill.losses.cross.uld import uld_loss
@@ -75,6 +77,30 @@ def cross_loss(
     return CROSS_TERMS[kind](batch, student_head, teacher, **params)
 
 
+# What each term's sum runs over: every usable chunk, or the usable one-to-one chunks.
+TERM_UNITS: dict[str, str] = {
+    "alm": "chunks",
+    "gold_hybrid": "chunks",
+    "uld": "one_to_one",
+    "mined": "one_to_one",
+}
+
+
+def term_units(kind: str, tokens: CrossTokens | CrossBatch) -> int:
+    """How many units the named term's sum runs over in this batch: the `count` that
+    `cross_loss(kind, ...)` returns for it, known from the chunk structure alone.
+
+    alm and gold_hybrid sum over the usable chunks (rows on both sides, every row with a
+    target); uld and mined over the usable chunks made of one teacher token and one student
+    token. `tokens` is a `CrossTokens` (no forward needed) or the `CrossBatch` built from it.
+    One exception: alm with `debias=True` returns the number of merged chunk groups, which
+    depends on the teacher's probabilities; its units here stay the usable chunks.
+    """
+    _check_kind(kind)
+    chunks, one_to_one = unit_counts(tokens)
+    return chunks if TERM_UNITS[kind] == "chunks" else one_to_one
+
+
 def prepare_cross_params(
     kind: str,
     teacher_tok: Any,
@@ -101,6 +127,7 @@ def prepare_cross_params(
 
 __all__ = [
     "CROSS_TERMS",
+    "TERM_UNITS",
     "CrossBatch",
     "CrossTokens",
     "binary_divergence",
@@ -111,5 +138,6 @@ __all__ = [
     "mined_map",
     "prepare_cross_params",
     "space_mask",
+    "term_units",
     "vocab_intersection",
 ]

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from anydistill.data.aligned import IGNORE, CrossBatch
+from anydistill.data.aligned import IGNORE, CrossBatch, CrossTokens
 from anydistill.losses.chunk_math import project, transform
 from anydistill.losses.engine import Head, auto_chunk_size
 
@@ -254,7 +254,7 @@ class Chunks:
     t_count: Tensor
 
 
-def chunk_rows(batch: CrossBatch) -> Chunks:
+def chunk_rows(batch: CrossBatch | CrossTokens) -> Chunks:
     """Rows in usable chunks: chunks with rows on both sides, none of them without a target."""
     n = batch.n_chunks
     s_in, t_in = batch.student_chunk >= 0, batch.teacher_chunk >= 0
@@ -270,6 +270,14 @@ def chunk_rows(batch: CrossBatch) -> Chunks:
     s_rows = s_rows[valid[batch.student_chunk[s_rows]]]
     t_rows = t_rows[valid[batch.teacher_chunk[t_rows]]]
     return Chunks(valid, s_rows, t_rows, s_count, t_count)
+
+
+def unit_counts(batch: CrossBatch | CrossTokens) -> tuple[int, int]:
+    """(usable chunks, usable chunks of one token on each side) of a batch, from its chunk
+    ids and targets alone: `CrossTokens` before any forward, or a `CrossBatch`."""
+    c = chunk_rows(batch)  # reads only the chunk ids, the targets and n_chunks
+    single = c.valid & (c.s_count == 1) & (c.t_count == 1)
+    return int(c.valid.sum()), int(single.sum())
 
 
 def one_to_one(batch: CrossBatch) -> tuple[Tensor, Tensor]:

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from anydistill.align.token_bytes import token_view
 
-MINED_VERSION = "mined-v1"  # bump when the search's answer (not only its speed) changes
+MINED_VERSION = "mined-v2"  # bump when the answer changes (v2: added tokens the model emits)
 _WORD = 62  # longest pattern for the int64 bit-parallel distance (sum of two 62-bit words)
 _WHITESPACE = frozenset(b" \t\n\r\x0b\x0c")
 
@@ -369,6 +369,7 @@ def _tok_key(tok: Any) -> str:
     view = token_view(tok)
     h = hashlib.sha256(tokenizer_hash(view.backend).encode())
     h.update(repr(view.info).encode())
+    h.update(repr(view.token_bytes).encode())  # what each id spells, whatever decided it
     return h.hexdigest()[:16]
 
 
