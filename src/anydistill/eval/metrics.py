@@ -22,10 +22,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from anydistill.align.chunks import byte_lengths
 from anydistill.align.token_bytes import token_view
 from anydistill.data import collate, eval_batches
 from anydistill.data.aligned import CrossExample, collate_cross
@@ -40,11 +42,14 @@ from anydistill.teachers import teacher_signal
 
 
 def target_bytes(examples: list[dict], tokenizer: PreTrainedTokenizerBase) -> int:
-    """UTF-8 bytes spelled by the target tokens (special tokens spell none)."""
+    """UTF-8 bytes spelled by the target tokens (special tokens spell none), read from the
+    ids (`align.byte_lengths`): a decoder that strips a leading space, or a tokenizer that
+    marks spaces in its normalizer, still counts every byte of the text."""
     total = 0
     for ex in examples:
-        ids = [t for t, m in zip(ex["input_ids"][1:], ex["loss_mask"][1:], strict=True) if m]
-        total += len(tokenizer.decode(ids, skip_special_tokens=True).encode("utf-8"))
+        lengths = byte_lengths(tokenizer, ex["input_ids"])
+        mask = np.asarray(ex["loss_mask"], dtype=bool)
+        total += int(lengths[1:][mask[1:]].sum())
     return total
 
 

@@ -84,11 +84,14 @@ def train_step(parts: StepParts, step: int, batches: list[Batch], terms: list) -
 
 
 def aligned_units(accelerator: Accelerator, batches: list[Batch], terms: list) -> dict:
-    """Per aligned term: how many units (chunks) its sum runs over in the whole step."""
+    """Per aligned term: how many units its sum runs over in the whole step (all chunks for
+    alm and gold_hybrid, the one-to-one chunks for uld and mined)."""
+    from anydistill.losses.cross import term_units
+
     out = {}
     for term in terms:
         if family(term.kind) == "aligned":
-            local = sum(b.n_chunks for b in batches)
+            local = sum(term_units(term.kind, b) for b in batches)
             out[term.name] = _global(accelerator, local)
     return out
 
