@@ -8,7 +8,7 @@ import pytest
 import torch
 from reference_divergences import ref_divergence
 
-from anydistill.losses.divergences import DIVERGENCES, divergence
+from anydistill.losses.registry import DIVERGENCES, divergence
 
 N, V = 7, 61
 

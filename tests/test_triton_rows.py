@@ -21,8 +21,10 @@ pytest.importorskip("triton")
 import torch.nn.functional as F  # noqa: E402
 
 import anydistill.kernels.divergence_rows as rows_module  # noqa: E402
-from anydistill.losses.divergences import divergence, entropy, forward_kl  # noqa: E402
+from anydistill.losses.divergences import entropy, forward_kl  # noqa: E402
+from anydistill.losses.engine import kernel_rows as rows_loss_and_grad  # noqa: E402
 from anydistill.losses.objective import ActiveTerm  # noqa: E402
+from anydistill.losses.registry import divergence  # noqa: E402
 
 if not torch.cuda.is_available() and "Interpreted" not in type(rows_module._rows_kernel).__name__:
     # triton was imported (by something else) before TRITON_INTERPRET was set: its own
@@ -32,7 +34,6 @@ if not torch.cuda.is_available() and "Interpreted" not in type(rows_module._rows
         allow_module_level=True,
     )
 STAT_NAMES = rows_module.STAT_NAMES
-rows_loss_and_grad = rows_module.rows_loss_and_grad
 
 # Masked where-branches evaluate inf - inf on purpose; numpy (the interpreter) warns about it.
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")

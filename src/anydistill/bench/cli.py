@@ -79,7 +79,8 @@ def loss_cmd(
         list[str] | None, typer.Option(help="BT,V,Hs,Ht (repeatable); default: a grid")
     ] = None,
     divergence: Annotated[
-        list[str] | None, typer.Option(help="repeatable; default: every divergence")
+        list[str] | None,
+        typer.Option(help="repeatable; default: every registered divergence"),
     ] = None,
     engine: Annotated[
         list[str] | None,
@@ -168,7 +169,9 @@ def step_cmd(
     engine: Annotated[
         str, typer.Option(help="our loss engine: torch, triton, naive; default triton on CUDA")
     ] = "",
-    divergence: Annotated[str, typer.Option(help="fkl, rkl, jsd (beta 0.5), ...")] = "jsd",
+    divergence: Annotated[
+        str, typer.Option(help="a registered divergence: fkl, rkl, jsd (beta 0.5), ...")
+    ] = "jsd",
     chunk_size: Annotated[
         int | None, typer.Option(min=1, help="rows per logits block (default: by vocabulary)")
     ] = None,

@@ -12,7 +12,7 @@ import gc
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -21,22 +21,19 @@ from torch import Tensor
 from anydistill.bench import memory
 from anydistill.bench.compare import COMPARE_ENGINES, Unsupported, compare_loss
 from anydistill.bench.memory import NotEnoughMemory, human_bytes, peak_extra_bytes, too_big
+from anydistill.losses import registry
 from anydistill.losses.engine import Head, TeacherSignal, auto_chunk_size, distill_loss
 from anydistill.losses.objective import ActiveTerm
 
 OUR_ENGINES = ("naive", "torch", "triton")
-# The parameters each divergence is benchmarked with (the registry's common settings).
-DIVERGENCE_TERMS = {
-    "fkl": {},
-    "rkl": {},
-    "jsd": {"beta": 0.5},
-    "tvd": {},
-    "skl": {"alpha": 0.1},
-    "srkl": {"alpha": 0.1},
-    "taid": {"taid_t": 0.5},
-}
+# Every registered divergence -> the settings it is benchmarked with (its `bench` field); a
+# live view, so a divergence registered later is benchmarked too.
+DIVERGENCE_TERMS: Mapping[str, dict[str, float]] = registry.View(
+    "divergence", lambda kind: dict(kind.bench)
+)
 # Float32 [rows, V] blocks alive at an engine's peak, per divergence (measured with
-# `peak_extra_bytes` on the CPU; the mixtures of JSD and the skewed KLs keep the most).
+# `peak_extra_bytes` on the CPU; the mixtures of JSD and the skewed KLs keep the most). Others
+# are assumed to keep as many as the widest.
 WORKING_BLOCKS = {"fkl": 10, "rkl": 11, "jsd": 18, "tvd": 11, "skl": 16, "srkl": 17, "taid": 10}
 
 

@@ -4,6 +4,7 @@ Sections: teacher, student, data, source, objective, train, eval, output. Compon
 these pydantic models; the CLI and the trainer translate them into plain arguments.
 
 - `terms.py`: the objective section (term kinds, options, schedules);
+- `kinds.py`: the term registry's records (each kind's family, parameters, engines, teachers);
 - `schema.py`: every other section and the checks that span sections;
 - `files.py`: reading, overriding, validating, resolving and dumping recipes.
 """
@@ -34,13 +35,10 @@ from anydistill.config.schema import (
 from anydistill.config.terms import (
     ALM_DIVERGENCES,
     ALM_TAU_RANGE,
-    CROSS_KINDS,
     CROSS_OPTION_MODELS,
     CROSS_OPTIONS,
-    DIVERGENCE_KINDS,
     SOURCE_KINDS,
     TEMPERATURE_RANGE,
-    TERM_KINDS,
     ObjectiveConfig,
     ScheduleConfig,
     TaidConfig,
@@ -51,13 +49,10 @@ from anydistill.config.terms import (
 __all__ = [
     "ALM_DIVERGENCES",
     "ALM_TAU_RANGE",
-    "CROSS_KINDS",
     "CROSS_OPTIONS",
     "CROSS_OPTION_MODELS",
-    "DIVERGENCE_KINDS",
     "SOURCE_KINDS",
     "TEMPERATURE_RANGE",
-    "TERM_KINDS",
     "DataConfig",
     "EvalConfig",
     "FromTeacher",

@@ -12,8 +12,9 @@ from pydantic import (
     model_validator,
 )
 
+from anydistill.config import kinds
 from anydistill.config.base import Strict
-from anydistill.config.terms import CROSS_KINDS, ObjectiveConfig
+from anydistill.config.terms import ObjectiveConfig
 
 
 class TokenizerTrain(Strict):
@@ -233,6 +234,14 @@ class RunConfig(Strict):
             raise ValueError(
                 "objective.token_selection compares full distributions; it needs a live teacher"
             )
+        if self.objective.token_selection is not None and self._contrastive():
+            # The step scores a contrastive term's two halves on all rows: a selection would
+            # be dropped without a word.
+            raise ValueError(
+                "objective.token_selection cannot apply to a `contrastive` term, which scores "
+                "every token of both paired responses; drop token_selection or the contrastive "
+                "term"
+            )
         if self.teacher.kind == "cache" and self.student.from_teacher is not None:
             raise ValueError("student.from_teacher needs teacher weights, not a teacher cache")
         if self.teacher.kind == "cache" and self.eval.teacher:
@@ -251,15 +260,18 @@ class RunConfig(Strict):
         if self.objective.cross_tokenizer():
             self._check_cross()
         elif isinstance(self.student.tokenizer, TokenizerTrain):
+            *most, last = kinds.names("cross")
             raise ValueError(
-                "student.tokenizer: only a cross-tokenizer run (objective terms alm, uld, "
-                "gold_hybrid or mined) trains its own student tokenizer; this student shares "
-                "the teacher's"
+                f"student.tokenizer: only a cross-tokenizer run (objective terms "
+                f"{', '.join(most)} or {last}) trains its own student tokenizer; this student "
+                "shares the teacher's"
             )
         return self
 
     def _check_cross(self) -> None:
-        same_vocab = [t.kind for t in self.objective.terms if t.kind not in (*CROSS_KINDS, "ce")]
+        # Kinds that only score the student over the teacher's own vocabulary.
+        terms = self.objective.terms
+        same_vocab = [t.kind for t in terms if "aligned" not in kinds.get(t.kind).teachers]
         if same_vocab:
             raise ValueError(
                 f"objective.terms: `{same_vocab[0]}` compares distributions over one shared "
@@ -281,9 +293,12 @@ class RunConfig(Strict):
         if why:
             raise ValueError(why)
 
+    def _contrastive(self) -> bool:
+        return any(kinds.get(t.kind).family == "contrastive" for t in self.objective.terms)
+
     def _check_source(self) -> None:
         src = self.source
-        contrastive = any(t.kind == "contrastive" for t in self.objective.terms)
+        contrastive = self._contrastive()
         if contrastive and src.kind != "paired":
             raise ValueError(
                 "source.kind: a `contrastive` objective term needs paired teacher/student "

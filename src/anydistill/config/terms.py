@@ -1,4 +1,9 @@
-"""The `objective:` section: term kinds, their options, schedules and the term list."""
+"""The `objective:` section: term kinds, their options, schedules and the term list.
+
+Which term kinds exist, which parameters each reads and which engines run it is the term
+registry (`kinds.py`; `anydistill.losses.registry` on the loss side), read when a recipe is
+validated, so a kind registered after this module was imported is accepted too.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +12,19 @@ from typing import Any, Literal
 from pydantic import (
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
+from anydistill.config import kinds
 from anydistill.config.base import Strict
+from anydistill.config.kinds import TermKind
 
-DIVERGENCE_KINDS = ("fkl", "rkl", "jsd", "tvd", "skl", "srkl", "taid")
 ALM_DIVERGENCES = ("binary_kl", "binary_reverse_kl")  # anydistill.losses.cross.alm
-CROSS_KINDS = ("alm", "uld", "gold_hybrid", "mined")
 # Softmax temperatures outside this range underflow to a zero loss or overflow (ALM's tau is
 # a binarisation scale, default 100, and gets a wider range).
 TEMPERATURE_RANGE = (0.01, 100.0)
 ALM_TAU_RANGE = (0.01, 1.0e4)
-TERM_KINDS = (*DIVERGENCE_KINDS, "contrastive", "ce", *CROSS_KINDS)
 SOURCE_KINDS = (
     "dataset",
     "teacher_generated",
@@ -46,8 +51,9 @@ class NoOptions(Strict):
     pass
 
 
-# Cross-tokenizer terms (anydistill.losses.cross) and the `options:` each accepts; beta and
-# temperature are the TermConfig fields. ALM's temperature is its binarisation tau.
+# The value checks of the cross-tokenizer terms' `options:` (anydistill.losses.cross); beta
+# and temperature are the TermConfig fields. ALM's temperature is its binarisation tau. Which
+# option names a kind takes is the registry's (`TermKind.options`; tests keep both in step).
 CROSS_OPTION_MODELS: dict[str, type[Strict]] = {
     "alm": AlmOptions,
     "uld": NoOptions,
@@ -57,7 +63,6 @@ CROSS_OPTION_MODELS: dict[str, type[Strict]] = {
 CROSS_OPTIONS: dict[str, tuple[str, ...]] = {
     kind: tuple(model.model_fields) for kind, model in CROSS_OPTION_MODELS.items()
 }
-assert tuple(CROSS_OPTIONS) == CROSS_KINDS
 
 
 class ScheduleConfig(Strict):
@@ -87,21 +92,7 @@ class TaidConfig(Strict):
 
 
 class TermConfig(Strict):
-    kind: Literal[
-        "fkl",
-        "rkl",
-        "jsd",
-        "tvd",
-        "skl",
-        "srkl",
-        "taid",
-        "contrastive",
-        "ce",
-        "alm",
-        "uld",
-        "gold_hybrid",
-        "mined",
-    ]
+    kind: str  # a registered term kind (anydistill.losses.registry)
     name: str | None = None
     weight: float = Field(1.0, ge=0.0)
     temperature: float = Field(1.0, gt=0.0)  # alm: the binarisation tau, default 100
@@ -110,6 +101,14 @@ class TermConfig(Strict):
     schedule: ScheduleConfig | None = None
     taid: TaidConfig | None = None
     options: dict[str, Any] | None = None  # cross-tokenizer terms only (CROSS_OPTIONS)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        known = kinds.names()
+        if kind not in known:
+            raise ValueError(f"unknown term kind {kind!r}; choose one of {', '.join(known)}")
+        return kind
 
     @model_validator(mode="before")
     @classmethod
@@ -120,8 +119,9 @@ class TermConfig(Strict):
 
     @model_validator(mode="after")
     def _ce_temperature(self) -> TermConfig:
-        if self.kind == "ce" and self.temperature != 1.0:
-            raise ValueError("a `ce` term is on hard labels and takes no temperature")
+        kind = kinds.get(self.kind)
+        if "temperature" not in kind.params and self.temperature != 1.0:
+            raise ValueError(f"a `{self.kind}` term takes no temperature ({kind.summary})")
         low, high = ALM_TAU_RANGE if self.kind == "alm" else TEMPERATURE_RANGE
         if not low <= self.temperature <= high:
             what = "ALM's tau" if self.kind == "alm" else "a softmax temperature"
@@ -129,25 +129,27 @@ class TermConfig(Strict):
                 f"temperature {self.temperature} is outside [{low:g}, {high:g}], where {what} "
                 "keeps the loss finite and informative"
             )
-        if self.taid is not None and self.kind != "taid":
+        if self.taid is not None and "taid" not in kind.params:
             raise ValueError(f"`taid` only applies to a taid term, not {self.kind}")
-        if self.options and self.kind not in CROSS_OPTIONS:
+        if self.options and kind.family != "cross":
             raise ValueError(f"`options` only applies to cross-tokenizer terms, not {self.kind}")
         if self.options:
-            self._check_options(CROSS_OPTION_MODELS[self.kind])
+            self._check_options(kind)
         return self
 
-    def _check_options(self, model: type[Strict]) -> None:
+    def _check_options(self, kind: TermKind) -> None:
+        unknown = [key for key in self.options or {} if key not in kind.options]
+        if unknown:
+            takes = ", ".join(kind.options) or "none"
+            raise ValueError(f"{self.kind} does not take option `{unknown[0]}`; it takes: {takes}")
+        model = CROSS_OPTION_MODELS.get(self.kind)
+        if model is None:  # a kind with no value checks of its own
+            return
         try:
             model.model_validate(self.options)
         except ValidationError as err:
             first = err.errors()[0]
             key = ".".join(str(p) for p in first["loc"])
-            if first["type"] == "extra_forbidden":
-                takes = ", ".join(CROSS_OPTIONS[self.kind]) or "none"
-                raise ValueError(
-                    f"{self.kind} does not take option `{key}`; it takes: {takes}"
-                ) from None
             msg = first["msg"].removeprefix("Value error, ")
             raise ValueError(f"options.{key}: {msg} (got {first.get('input')!r})") from None
 
@@ -169,7 +171,7 @@ class ObjectiveConfig(Strict):
 
     def cross_tokenizer(self) -> bool:
         """True when a term compares aligned chunks (the two tokenizers may then differ)."""
-        return any(t.kind in CROSS_KINDS for t in self.terms)
+        return any(kinds.get(t.kind).family == "cross" for t in self.terms)
 
     @model_validator(mode="after")
     def _unique_names(self) -> ObjectiveConfig:
@@ -177,4 +179,11 @@ class ObjectiveConfig(Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"term names must be unique; give `name:` to repeated {dupes}")
+        for term in self.terms:
+            engines = kinds.get(term.kind).engines
+            if engines and self.engine not in engines:  # () : it runs outside the engine
+                raise ValueError(
+                    f"engine {self.engine} cannot compute a `{term.kind}` term; set "
+                    f"objective.engine to one of {', '.join(engines)}"
+                )
         return self

@@ -7,6 +7,9 @@ matmuls. The semantics are the torch engine's per-block math on `anydistill.loss
 (guards, endpoint conventions and all): per term q = softmax(zs / T), p = softmax(zt / T),
 value = T**2 * sum_rows D(q, p); `ce` at T = 1 over rows whose label is not -100.
 
+Terms arrive as plain numbers (`terms.KernelTerm`: kind code, weight, T, the kind's parameter
+and mixture log-weights); the losses side makes them (`anydistill.losses.registry`).
+
 One program handles one row and walks V in BLOCK_V tiles:
 
 - sweep 1 (always): online log-sum-exp of every distribution needed (student/teacher at T and
@@ -40,7 +43,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from anydistill.losses.objective import ActiveTerm
+from anydistill.kernels import terms as codes
+from anydistill.kernels.terms import CE, FKL, NONE, SRKL, ZERO, KernelTerm
 
 STAT_NAMES = (
     "tokens",
@@ -52,10 +56,9 @@ STAT_NAMES = (
     "teacher_nll",
 )
 
-# Kind codes (compile-time; the kernel spells them as literals). From _JSD on, a kind needs a
-# second sweep for its value.
-_NONE, _FKL, _RKL, _TAID, _JSD, _TVD, _SKL, _SRKL = range(8)
-_ZERO = -1  # identically zero value and gradient (skl/srkl alpha = 1, taid t = 0): no launch
+# The kernel spells the kind codes as literals (KIND == 1 is fkl, ...): keep them in step.
+_ORDER = (codes.NONE, codes.FKL, codes.RKL, codes.TAID, codes.JSD, codes.TVD, codes.SKL, SRKL)
+assert _ORDER == tuple(range(8)), "kernels/terms.py codes no longer match _rows_kernel"
 
 _IGNORE = tl.constexpr(-100)  # label to skip, as F.nll_loss(ignore_index=-100)
 _NEG_INF = tl.constexpr(float("-inf"))
@@ -437,42 +440,6 @@ class _Launch:
     kd_grad: bool
 
 
-def _log(w: float) -> float:
-    return math.log(w) if w > 0.0 else float("-inf")
-
-
-def _resolve(term: ActiveTerm) -> tuple[int, float, float, float]:
-    """(kind code, kind parameter, log w_p, log w_q), with the reference's exact endpoints."""
-    kind = term.kind
-    if kind == "fkl" or (kind == "jsd" and term.beta == 0.0):
-        return _FKL, 0.0, 0.0, 0.0
-    if kind == "rkl" or (kind == "jsd" and term.beta == 1.0):
-        return _RKL, 0.0, 0.0, 0.0
-    if kind == "jsd":
-        return _JSD, term.beta, _log(term.beta), _log(1.0 - term.beta)
-    if kind == "tvd":
-        return _TVD, 0.0, 0.0, 0.0
-    if kind == "skl":
-        if term.alpha == 0.0:
-            return _FKL, 0.0, 0.0, 0.0
-        if term.alpha == 1.0:
-            return _ZERO, 0.0, 0.0, 0.0
-        return _SKL, term.alpha, _log(term.alpha), _log(1.0 - term.alpha)
-    if kind == "srkl":
-        if term.alpha == 0.0:
-            return _RKL, 0.0, 0.0, 0.0
-        if term.alpha == 1.0:
-            return _ZERO, 0.0, 0.0, 0.0
-        return _SRKL, term.alpha, _log(1.0 - term.alpha), _log(term.alpha)
-    if kind == "taid":
-        if term.taid_t >= 1.0:
-            return _FKL, 0.0, 0.0, 0.0
-        if term.taid_t <= 0.0:
-            return _ZERO, 0.0, 0.0, 0.0
-        return _TAID, term.taid_t, 0.0, 0.0
-    raise ValueError(f"term {term.name!r}: unknown kind {kind!r}")
-
-
 def _block_v(v: int, block_v: int | None) -> int:
     if block_v is not None:
         if block_v < 16 or block_v & (block_v - 1):
@@ -504,7 +471,7 @@ def rows_loss_and_grad(
     student_logits: Tensor,
     teacher_logits: Tensor | None,
     labels: Tensor | None,
-    terms: Sequence[ActiveTerm],
+    terms: Sequence[KernelTerm],
     stat_names: Sequence[str],
     want_grad: bool,
     grad_out: Tensor | None = None,
@@ -526,8 +493,8 @@ def rows_loss_and_grad(
         raise ValueError(f"stat_names must be distinct names from {STAT_NAMES}, got {stat_names}")
     n, v = zs.shape
     dev = zs.device
-    has_ce = any(t.kind == "ce" for t in terms)
-    if any(t.kind != "ce" for t in terms) and zt is None:
+    has_ce = any(t.code == CE for t in terms)
+    if any(t.code != CE for t in terms) and zt is None:
         raise ValueError("a distillation term needs teacher_logits")
     nll_s = has_ce or "student_nll" in stat_names
     nll_t = "teacher_nll" in stat_names
@@ -537,33 +504,34 @@ def rows_loss_and_grad(
         raise ValueError("teacher stats need teacher_logits")
     if (nll_s or nll_t) and labels is None:
         raise ValueError("ce terms and nll stats need labels")
-    ce_scale = float(sum(t.weight for t in terms if t.kind == "ce" and t.weight != 0.0))
+    ce_scale = float(sum(t.weight for t in terms if t.code == CE and t.weight != 0.0))
     ce_grad = want_grad and has_ce and ce_scale != 0.0
 
     # Partial-buffer columns: term k -> k, stat j -> K + j, then one write-only scratch column,
     # so the results are plain slices (an index tensor would need a host-to-device copy).
     k_terms, trash = len(terms), len(terms) + len(stat_names)
     stat_col = {name: k_terms + j for j, name in enumerate(stat_names)}
-    ce_cols = [k for k, t in enumerate(terms) if t.kind == "ce"]
+    ce_cols = [k for k, t in enumerate(terms) if t.code == CE]
     c_snll = stat_col.get("student_nll", ce_cols[0] if ce_cols else trash)
     launches: list[_Launch] = []
     for k, term in enumerate(terms):
-        if term.kind == "ce":
+        if term.code == CE:
             continue
-        code, k_par, log_wp, log_wq = _resolve(term)
-        if code == _ZERO:
+        if term.code == ZERO:
             continue  # its column stays 0
+        if not NONE < term.code <= SRKL:
+            raise ValueError(f"term {k}: unknown kernel kind code {term.code}")
         temp = float(term.temperature)
         launches.append(
             _Launch(
-                kind=code,
+                kind=int(term.code),
                 col=k,
                 inv_t=1.0 / temp,
                 t_sq=temp * temp,
                 grad_scale=float(term.weight) * temp,
-                k_par=float(k_par),
-                log_wp=log_wp,
-                log_wq=log_wq,
+                k_par=float(term.k_par),
+                log_wp=float(term.log_wp),
+                log_wq=float(term.log_wq),
                 same_t=temp == 1.0,
                 kd_grad=want_grad and term.weight != 0.0,
             )
@@ -572,7 +540,7 @@ def rows_loss_and_grad(
     launches.sort(key=lambda la: la.kd_grad)
     extras = nll_s or nll_t or st_s or st_t or ce_grad
     if not launches and extras:
-        launches.append(_Launch(_NONE, trash, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, False, False))
+        launches.append(_Launch(NONE, trash, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, False, False))
 
     part = torch.zeros(n, trash + 1, dtype=torch.float32, device=dev)
     grad = None
@@ -602,7 +570,7 @@ def rows_loss_and_grad(
         else:
             gout = grad if i == writers[-1] else scratch
             gin = scratch if accum else gout
-        has_kd = la.kind != _NONE
+        has_kd = la.kind != NONE
         need_s1 = last and (nll_s or st_s or st_t or ce_grad)
         need_t1 = last and (st_t or nll_t)
         _rows_kernel[(n,)](
@@ -633,7 +601,7 @@ def rows_loss_and_grad(
             HAS_T=has_kd or need_t1,
             NEED_S1=need_s1,
             NEED_T1=need_t1,
-            FKL_SHARED=last and st_t and la.kind == _FKL and la.same_t,
+            FKL_SHARED=last and st_t and la.kind == FKL and la.same_t,
             NLL_S=last and nll_s,
             NLL_T=last and nll_t,
             ST_S=last and st_s,

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from anydistill.losses.divergences import divergence, entropy, forward_kl
+from anydistill.losses import registry
+from anydistill.losses.divergences import entropy, forward_kl
 from anydistill.losses.objective import ActiveTerm
 from anydistill.losses.sparse import SparseTarget
 
@@ -89,8 +90,10 @@ class LogProbs:
         self._cache: dict[float, Tensor] = {}
 
     def __call__(self, temp: float) -> Tensor:
+        # Whatever grad mode the caller is in, the cached copy has a graph iff `grad`: one
+        # built under a zero-weight term's no_grad must not reach a weighted term.
         if temp not in self._cache:
-            with contextlib.nullcontext() if self.grad else torch.no_grad():
+            with torch.enable_grad() if self.grad else torch.no_grad():
                 z = self.logits if temp == 1.0 else self.logits / temp
                 self._cache[temp] = torch.log_softmax(z, dim=-1)
         return self._cache[temp]
@@ -103,23 +106,23 @@ def term_sum(
     term: ActiveTerm, student: LogProbs, teacher: Teacher | None, labels: Tensor | None
 ) -> Tensor:
     """Sum over the block's rows of one term's per-token value (T**2 included)."""
-    temp = 1.0 if term.kind == "ce" else term.temperature
-    lq = student(temp)  # built with grad even when this term is evaluated without
+    ce = registry.get(term.kind).family == "ce"
+    temp = 1.0 if ce else term.temperature
+    # The student's log-probs (dense, or collapsed onto a sparse teacher's outcomes) are
+    # cached for the block's later terms, so they are built with grad even when this term is
+    # evaluated without.
+    lq = student(temp)
+    if isinstance(teacher, SparseTarget) and not ce:
+        lq = teacher.student(lq, temp)  # both sides on the cached k + 1 outcomes
     # A zero-weight term is only reported: without a graph, its NaNs (if any) cannot leak
     # into the gradient as 0 * NaN.
     with torch.no_grad() if term.weight == 0 else contextlib.nullcontext():
-        if term.kind == "ce":
+        if ce:
             assert labels is not None
             return F.nll_loss(lq, labels, ignore_index=IGNORE_INDEX, reduction="sum")
         assert teacher is not None
-        if isinstance(teacher, SparseTarget):  # both sides on the cached k + 1 outcomes
-            lq, lp = teacher.student(lq, temp), teacher.teacher(temp)
-        else:
-            lp = teacher(temp)
-        per_token = divergence(
-            term.kind, lq, lp, beta=term.beta, alpha=term.alpha, taid_t=term.taid_t
-        )
-        return per_token.sum() * (temp * temp)
+        lp = teacher.teacher(temp) if isinstance(teacher, SparseTarget) else teacher(temp)
+        return registry.per_token(term, lq, lp).sum() * (temp * temp)
 
 
 @torch.no_grad()

@@ -3,7 +3,8 @@
 Every function takes `student_logp` (log q) and `teacher_logp` (log p), both `[N, V]` float
 tensors that are already log-softmax'ed (entries may be `-inf` for masked vocabulary), and
 returns the per-token value `[N]` (the vocabulary dimension reduced). Temperature and its T**2
-factor are applied by the caller (the loss engine), not here.
+factor are applied by the caller (the loss engine), not here. Which kinds exist, with which
+parameters, is `anydistill.losses.registry` (its `divergence` dispatches by name).
 
 Numerical safety: `0 * log 0 = 0` is enforced with where-guards *before* any multiplication,
 so neither the value nor the gradient becomes NaN when an entry is `-inf` in one or both
@@ -14,7 +15,6 @@ mass where the first has mass is `+inf` (mathematically correct), never NaN.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -129,12 +129,12 @@ def taid_target(student_logp: Tensor, teacher_logp: Tensor, t: float) -> Tensor:
     return torch.log_softmax((1.0 - t) * q + t * teacher_logp, dim=-1)
 
 
-def taid_kl(student_logp: Tensor, teacher_logp: Tensor, t: float = 1.0) -> Tensor:
+def taid_kl(student_logp: Tensor, teacher_logp: Tensor, taid_t: float = 1.0) -> Tensor:
     """TAID loss KL(p_t || q) with the interpolated target `taid_target` (Shing et al. 2025).
 
-    At t = 1 this is forward KL; `t` comes from `anydistill.losses.taid.TaidSchedule`.
+    At t = 1 this is forward KL; `taid_t` comes from `anydistill.losses.taid.TaidSchedule`.
     """
-    return _kl(taid_target(student_logp, teacher_logp, t), student_logp)
+    return _kl(taid_target(student_logp, teacher_logp, taid_t), student_logp)
 
 
 def entropy(logp: Tensor) -> Tensor:
@@ -142,40 +142,3 @@ def entropy(logp: Tensor) -> Tensor:
     p = logp.exp()
     safe = torch.where(p == 0, torch.zeros_like(logp), logp)
     return -(p * safe).sum(dim=-1)
-
-
-DIVERGENCES: dict[str, Callable[..., Tensor]] = {
-    "fkl": forward_kl,
-    "rkl": reverse_kl,
-    "jsd": generalized_jsd,
-    "tvd": total_variation,
-    "skl": skew_forward_kl,
-    "srkl": skew_reverse_kl,
-    "taid": taid_kl,
-}
-
-
-def divergence(
-    kind: str,
-    student_logp: Tensor,
-    teacher_logp: Tensor,
-    *,
-    beta: float = 0.5,
-    alpha: float = 0.1,
-    taid_t: float = 1.0,
-) -> Tensor:
-    """Per-token divergence `[N]` of the named kind; only the parameter that kind uses is read.
-
-    `beta` is for `jsd`, `alpha` for `skl`/`srkl`, `taid_t` for `taid`.
-    """
-    if kind not in DIVERGENCES:
-        known = ", ".join(sorted(DIVERGENCES))
-        raise ValueError(f"unknown divergence {kind!r}; choose one of: {known}")
-    fn = DIVERGENCES[kind]
-    if kind == "jsd":
-        return fn(student_logp, teacher_logp, beta=beta)
-    if kind in ("skl", "srkl"):
-        return fn(student_logp, teacher_logp, alpha=alpha)
-    if kind == "taid":
-        return fn(student_logp, teacher_logp, t=taid_t)
-    return fn(student_logp, teacher_logp)

@@ -9,6 +9,10 @@ logits never have to exist for the whole batch:
   so only one block's `[chunk, V]` logits are ever alive and each is built once;
 - `triton`: the same blocks, with the per-row softmax / divergence / gradient work done by one
   fused Triton kernel (`anydistill.kernels.divergence_rows`) instead of several torch passes.
+  The registry turns each term into the kernel's plain numbers (`registry.kernel_terms`). A
+  block whose terms include a kind with no kernel launch (a registered divergence without a
+  `kernel` function), and every block of a sparse (cached) teacher, is computed with the
+  torch per-block math (`chunk_math.torch_rows`) instead: same values, no kernel.
 
 All engines run the same math (`chunk_math`) in float32 with autocast disabled, on the logits
 sliced to the tokenizer's real vocabulary (`vocab_size`), so heads padded to different row
@@ -17,12 +21,15 @@ counts (e.g. Qwen2.5-7B's 152064 rows vs 0.5B's 151936) compare the same distrib
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from anydistill.losses import registry
 from anydistill.losses.chunk_math import (
     Plan,
     block_sums,
@@ -70,23 +77,58 @@ def auto_chunk_size(vocab_size: int, device: torch.device) -> int:
     return max(16, budget // max(vocab_size, 1))
 
 
+def _kernel() -> ModuleType:
+    """The kernel module (it imports triton, so only when the triton engine is used)."""
+    try:
+        from anydistill.kernels import divergence_rows
+    except ImportError as err:  # triton ships with CUDA builds of torch
+        raise ValueError(
+            f"the triton loss engine needs the `triton` package ({err}); "
+            "install it or set objective.engine to torch"
+        ) from None
+    return divergence_rows
+
+
+def kernel_rows(
+    student_logits: Tensor,
+    teacher_logits: Tensor | None,
+    labels: Tensor | None,
+    terms: Sequence[ActiveTerm],
+    stat_names: Sequence[str],
+    want_grad: bool,
+    grad_out: Tensor | None = None,
+    *,
+    block_v: int | None = None,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The Triton kernel's `rows_loss_and_grad` on objective terms (see there); ValueError
+    when a term's kind has no kernel launch."""
+    numbers = registry.kernel_terms(terms)
+    if numbers is None:
+        kinds = [registry.get(t.kind) for t in terms]
+        missing = [k.name for k in kinds if k.family != "ce" and k.kernel is None]
+        raise ValueError(f"the Triton kernel has no launch for {', '.join(missing)}")
+    args = (student_logits, teacher_logits, labels, numbers, stat_names, want_grad, grad_out)
+    return _kernel().rows_loss_and_grad(*args, block_v=block_v)
+
+
+def triton_rows(
+    plan: Plan, zs: Tensor, zt: Tensor | SparseTarget | None, labels: Tensor | None, want_grad: bool
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """One block through the kernel, or through `torch_rows` when the kernel cannot take it
+    (a sparse teacher, or a term without a kernel launch)."""
+    numbers = registry.kernel_terms(plan.terms)
+    if numbers is None or isinstance(zt, SparseTarget):
+        return torch_rows(plan, zs, zt, labels, want_grad)
+    # The gradient overwrites zs in place unless soft-capping's backward needs zs.
+    out = zs if plan.student_cap is None else None
+    return _kernel().rows_loss_and_grad(
+        zs, zt, labels, numbers, plan.stat_names, want_grad, grad_out=out
+    )
+
+
 def _rows_fn(engine: str) -> RowsFn:
     if engine == "triton":
-        try:
-            from anydistill.kernels.divergence_rows import rows_loss_and_grad
-        except ImportError as err:  # triton ships with CUDA builds of torch
-            raise ValueError(
-                f"the triton loss engine needs the `triton` package ({err}); "
-                "install it or set objective.engine to torch"
-            ) from None
-
-        def triton_rows(plan: Plan, zs: Tensor, zt, labels, want_grad: bool):
-            # The gradient overwrites zs in place unless soft-capping's backward needs zs.
-            out = zs if plan.student_cap is None else None
-            return rows_loss_and_grad(
-                zs, zt, labels, plan.terms, plan.stat_names, want_grad, grad_out=out
-            )
-
+        _kernel()  # a missing triton is one sentence now, not at the first block
         return triton_rows
     return torch_rows
 
@@ -121,11 +163,22 @@ def _validate(
     if len(set(names)) != len(names):
         raise ValueError(f"term names must be unique, got {names}")
     for term in terms:
-        if term.kind != "ce" and teacher is None:
+        kind = registry.get(term.kind)
+        if kind.family == "contrastive":
+            raise ValueError(
+                f"term {term.name!r}: split contrastive terms first (split_contrastive)"
+            )
+        if kind.family == "cross":
+            raise ValueError(
+                f"term {term.name!r}: {term.kind} runs on aligned chunks (losses.cross)"
+            )
+        if engine not in kind.engines:
+            raise ValueError(f"term {term.name!r} ({term.kind}) cannot run on the {engine} engine")
+        if kind.needs != "nothing" and teacher is None:
             raise ValueError(
                 f"term {term.name!r} ({term.kind}) needs a teacher signal, but none was given"
             )
-        if term.kind == "ce" and labels is None:
+        if kind.family == "ce" and labels is None:
             raise ValueError(f"term {term.name!r} (ce) needs labels, but none were given")
     n = student_hidden.shape[0]
     if mask.shape != (n,):
@@ -156,8 +209,6 @@ def _check_sparse(teacher: SparseTeacher, terms: list[ActiveTerm], n: int, vocab
     if k > vocab:
         raise ValueError(f"sparse teacher has k = {k} ids per row but the vocabulary is {vocab}")
     for term in terms:
-        if term.kind == "ce":
-            continue
         why = refusal(term.kind, term.temperature, term.beta, term.alpha, teacher.tail)
         if why is not None:
             raise ValueError(f"term {term.name!r}: {why}")
@@ -250,7 +301,7 @@ def distill_loss(
                 x is not None and x.requires_grad for x in (hs, s_w, s_b)
             )
             # The kernel takes dense teachers; cached (sparse) ones go through torch's rows.
-            rows_fn = _rows_fn("torch" if sparse else engine)
+            rows_fn = torch_rows if sparse else _rows_fn(engine)
             total, sums, stat_vec = FusedLinearDistill.apply(
                 hs, s_w, s_b, teacher_block, y, plan, rows_fn, chunk_size, want_grad
             )

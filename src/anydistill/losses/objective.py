@@ -23,20 +23,20 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-from anydistill.losses.divergences import DIVERGENCES
+from anydistill.losses import registry
 from anydistill.losses.schedules import WeightSchedule
 from anydistill.losses.taid import TaidSchedule
 
-# Cross-tokenizer terms run on aligned chunks (anydistill.losses.cross), not in the engine.
-CROSS_TERM_KINDS = ("alm", "uld", "gold_hybrid", "mined")
-TERM_KINDS = (*DIVERGENCES, "contrastive", "ce", *CROSS_TERM_KINDS)
+# The built-in cross-tokenizer kinds, for callers that still import this name; the registry
+# (family `cross`) is what is read here and is complete.
+CROSS_TERM_KINDS = registry.names("cross")
 
 
 @dataclass
 class TermSpec:
     """One term of the objective, as written in the recipe."""
 
-    kind: str  # fkl|rkl|jsd|tvd|skl|srkl|taid|contrastive|ce
+    kind: str  # a name in anydistill.losses.registry
     name: str | None = None  # default: kind; must be unique within an objective
     weight: float = 1.0
     temperature: float = 1.0  # must stay 1.0 for ce
@@ -66,21 +66,22 @@ def _fail(term: str, field: str, what: str) -> ValueError:
 
 
 def _check_spec(spec: TermSpec, name: str) -> None:
-    if spec.kind not in TERM_KINDS:
-        raise _fail(name, "kind", f"is {spec.kind!r}; choose one of {', '.join(TERM_KINDS)}")
+    kind = registry.TERMS.get(spec.kind)
+    if kind is None:
+        raise _fail(name, "kind", f"is {spec.kind!r}; choose one of {', '.join(registry.names())}")
     if not (math.isfinite(spec.weight) and spec.weight >= 0.0):
         raise _fail(name, "weight", f"must be a finite number >= 0, got {spec.weight}")
     if not (math.isfinite(spec.temperature) and spec.temperature > 0.0):
         raise _fail(name, "temperature", f"must be > 0, got {spec.temperature}")
-    if spec.kind == "ce" and spec.temperature != 1.0:
-        raise _fail(name, "temperature", "must be 1.0: ce is on hard labels")
+    if "temperature" not in kind.params and spec.temperature != 1.0:
+        raise _fail(name, "temperature", f"must be 1.0: {spec.kind} takes no temperature")
     if not 0.0 <= spec.beta <= 1.0:
         raise _fail(name, "beta", f"must be in [0, 1], got {spec.beta}")
     if not 0.0 <= spec.alpha <= 1.0:
         raise _fail(name, "alpha", f"must be in [0, 1], got {spec.alpha}")
-    if spec.taid is not None and spec.kind != "taid":
+    if spec.taid is not None and "taid" not in kind.params:
         raise _fail(name, "taid", f"only applies to a taid term, not {spec.kind}")
-    if spec.options and spec.kind not in CROSS_TERM_KINDS:
+    if spec.options and kind.family != "cross":
         raise _fail(name, "options", f"only applies to cross-tokenizer terms, not {spec.kind}")
 
 
@@ -97,7 +98,7 @@ def _build_schedule(spec: TermSpec, name: str, total_steps: int) -> WeightSchedu
 
 
 def _build_taid(spec: TermSpec, name: str, total_steps: int) -> TaidSchedule | None:
-    if spec.kind != "taid":
+    if "taid" not in registry.get(spec.kind).params:
         return None
     kwargs = dict(spec.taid or {})
     if "total_steps" in kwargs:
@@ -155,8 +156,8 @@ class Objective:
         return out
 
     def needs_teacher(self) -> bool:
-        """False iff every term is hard-label cross-entropy."""
-        return any(spec.kind != "ce" for spec in self.specs)
+        """False iff no term reads the teacher (every term is hard-label cross-entropy)."""
+        return any(registry.needs_teacher(spec.kind) for spec in self.specs)
 
     def after_step(self, term_losses: dict[str, float]) -> None:
         """Advance TAID schedules with the step's (unweighted, per-token) TAID term values."""

@@ -13,6 +13,9 @@ The loss treats the sparse target exactly, on k + 1 outcomes — the k cached to
   total there (e.g. JSD's KL(q || m) with m = (1 - beta) q). Any temperature works (the top-k
   logits are known up to a constant). Divergences that are infinite against a teacher with
   zeros — rkl, jsd(beta=1), srkl(alpha=0) — are refused.
+
+Which kinds a cache can serve, and which are infinite against zeros, is declared by each
+kind in `anydistill.losses.registry` (`teachers`, `infinite_on_zeros`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+
+from anydistill.losses import registry
+from anydistill.losses.objective import ActiveTerm
 
 TailMode = Literal["bucket", "renorm"]
 TAIL_MODES = ("bucket", "renorm")
@@ -39,20 +45,25 @@ class SparseTeacher:
 
 def refusal(kind: str, temperature: float, beta: float, alpha: float, tail: str) -> str | None:
     """Why a term cannot be computed against a sparse teacher, or None when it can."""
+    entry = registry.get(kind)
+    if entry.needs == "nothing":
+        return None
+    if "cache" not in entry.teachers:
+        return (
+            f"a top-k cache cannot serve a `{kind}` term (it needs {entry.needs}); "
+            "use a teacher model"
+        )
     if tail == "bucket" and temperature != 1.0:
         return (
             f"a `{kind}` term at temperature {temperature} needs the teacher's tail at that "
             "temperature, which a top-k cache does not hold; use temperature 1 or tail: renorm"
         )
-    if tail == "renorm":
-        infinite = (
-            kind == "rkl" or (kind == "jsd" and beta == 1.0) or (kind == "srkl" and alpha == 0.0)
+    term = ActiveTerm(kind, kind, 1.0, temperature, beta=beta, alpha=alpha)
+    if tail == "renorm" and entry.infinite_on_zeros is not None and entry.infinite_on_zeros(term):
+        return (
+            f"`{kind}` is infinite against a renormalized top-k teacher (it has zeros); "
+            "use tail: bucket"
         )
-        if infinite:
-            return (
-                f"`{kind}` is infinite against a renormalized top-k teacher (it has zeros); "
-                "use tail: bucket"
-            )
     return None
 
 
@@ -75,16 +86,22 @@ class SparseTarget:
         return torch.cat([top, torch.full_like(top[:, :1], float("-inf"))], dim=1)
 
     def student(self, full_logp: Tensor, temp: float) -> Tensor:
-        """The student's `[n, V]` log-probs at `temp`, collapsed onto the same outcomes."""
-        if temp not in self._student:
+        """The student's `[n, V]` log-probs at `temp`, collapsed onto the same outcomes.
+
+        Cached per temperature, but a copy built without a graph (a zero-weight term runs
+        under no_grad) is never handed to a caller that records one: it is rebuilt.
+        """
+        cached = self._student.get(temp)
+        wants_graph = torch.is_grad_enabled() and full_logp.requires_grad
+        if cached is None or (wants_graph and not cached.requires_grad):
             top = full_logp.gather(1, self.ids)
             if self.ids.shape[1] >= full_logp.shape[1]:  # k covers V: the tail is empty
                 rest = torch.full_like(top[:, :1], float("-inf"))
             else:
                 others = full_logp.scatter(1, self.ids, float("-inf"))
                 rest = torch.logsumexp(others, dim=-1, keepdim=True)
-            self._student[temp] = torch.cat([top, rest], dim=1)
-        return self._student[temp]
+            cached = self._student[temp] = torch.cat([top, rest], dim=1)
+        return cached
 
     def argmax_ids(self) -> Tensor:
         return self.ids.gather(1, self.logp.argmax(dim=1, keepdim=True)).squeeze(1)
