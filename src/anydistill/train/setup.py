@@ -16,6 +16,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from anydistill.config import ModelConfig, RunConfig
+from anydistill.config.kinds import needs_teacher
 from anydistill.data.prepare import load_run_data, prepare_examples
 from anydistill.errors import ConfigError
 from anydistill.models.from_config import load_model, pick_device
@@ -102,7 +103,7 @@ def build_parts(cfg: RunConfig, run_dir: Path, device: torch.device) -> RunParts
 
 def _teacher(cfg: RunConfig, vocab: int, device: torch.device, align: bool) -> Any:
     """The teacher kind the recipe asks for, or None when nothing reads it."""
-    needs = any(t.kind != "ce" for t in cfg.objective.terms) or cfg.eval.teacher
+    needs = any(needs_teacher(t.kind) for t in cfg.objective.terms) or cfg.eval.teacher
     if not (needs or align or cfg.student.from_teacher is not None):
         return None
     if cfg.teacher.kind == "cache":
@@ -118,11 +119,11 @@ def _teacher(cfg: RunConfig, vocab: int, device: torch.device, align: bool) -> A
 def aligned_params(cfg: RunConfig, teacher_tok: Any, student_tok: Any) -> dict[str, dict]:
     """Per aligned term name: the keyword options its loss takes (vocabulary maps included)."""
     from anydistill.losses.cross import prepare_cross_params
-    from anydistill.losses.objective import CROSS_TERM_KINDS
+    from anydistill.losses.registry import get
 
     out: dict[str, dict] = {}
     for term in cfg.objective.terms:
-        if term.kind not in CROSS_TERM_KINDS:
+        if get(term.kind).family != "cross":
             continue
         options = {"temperature": term.temperature, **(term.options or {})}
         if term.kind == "gold_hybrid":

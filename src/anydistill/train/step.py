@@ -28,8 +28,9 @@ from accelerate import Accelerator
 
 from anydistill.data.views import Batch, StepInputs, step_inputs, target_count
 from anydistill.errors import TrainingError
+from anydistill.losses import registry
 from anydistill.losses.engine import LossOutput, SparseTeacher, TeacherSignal, distill_loss
-from anydistill.losses.objective import CROSS_TERM_KINDS, ActiveTerm, split_contrastive
+from anydistill.losses.objective import ActiveTerm, split_contrastive
 from anydistill.models.heads import output_head
 from anydistill.teachers import AlignedSignal, as_teacher
 from anydistill.train.guards import DeadGradientGuard, nan_message
@@ -171,7 +172,7 @@ def micro_batch_loss(
     asked once for what the terms need; `normalizer` the step's global target tokens and
     `units` each aligned term's global units."""
     teacher = as_teacher(teacher)
-    wants = teacher is not None and any(needs_teacher(t.kind) for t in terms)
+    wants = teacher is not None and any(registry.needs_teacher(t.kind) for t in terms)
     signal = teacher.signal(inputs) if wants else None
     hidden = student(inputs.input_ids, inputs.attention_mask)
     normalizer = normalizer.clamp(min=1.0)
@@ -308,11 +309,8 @@ def merge_outputs(outs: list[LossOutput]) -> LossOutput:
 
 
 def family(kind: str) -> str:
-    return "aligned" if kind in CROSS_TERM_KINDS else "vocabulary"
-
-
-def needs_teacher(kind: str) -> bool:
-    return kind != "ce"
+    """`aligned` for the registry's cross-tokenizer kinds, `vocabulary` for the rest."""
+    return "aligned" if registry.get(kind).family == "cross" else "vocabulary"
 
 
 def _global(accelerator: Accelerator, value: float) -> torch.Tensor:
