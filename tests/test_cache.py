@@ -243,3 +243,21 @@ def test_codec_round_trip_and_sizes():
     with pytest.raises(ValueError, match="value_bits"):
         Codec(8, 100, 10)
     assert np.dtype("<f4").itemsize == 4
+
+
+def test_training_from_the_cache_resumes_bitwise(exact_cache, tmp_path):
+    """A run on the cached teacher stopped at step 2 and resumed ends bitwise where an
+    unbroken one does (the cache is a teacher kind like the others)."""
+    from test_resume_safety import comparable, same_weights
+
+    from anydistill.train.loop import train
+
+    cache, _ = exact_cache
+    whole = _cache_recipe(tmp_path / "whole", cache, train__save_every=1)
+    train(config_from_dict(whole))
+    cut = _cache_recipe(tmp_path / "cut", cache, train__save_every=1, train__stop_at_step=2)
+    train(config_from_dict(cut))
+    assert not (tmp_path / "cut" / "run" / "eval.json").exists()
+    train(config_from_dict(_cache_recipe(tmp_path / "cut", cache, train__save_every=1)))
+    assert same_weights(tmp_path / "cut" / "run", tmp_path / "whole" / "run")
+    assert comparable(tmp_path / "cut" / "run") == comparable(tmp_path / "whole" / "run")
