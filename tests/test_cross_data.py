@@ -11,8 +11,8 @@ import torch
 
 from anydistill.align.token_bytes import token_view
 from anydistill.config import DataConfig
+from anydistill.data.align_stage import align_data, concat, record_example, windows
 from anydistill.data.aligned import collate_cross
-from anydistill.data.cross import concat, cross_data, record_example, windows
 from anydistill.data.synthetic import arithmetic_problems
 from anydistill.errors import DataError
 from anydistill.models.tokenizer_training import train_tokenizer
@@ -114,7 +114,7 @@ def test_cross_data_packs_text_and_collates_rows(toks):
     t, s = toks
     ds = datasets.Dataset.from_list([{"text": x} for x in TEXTS])
     cfg = DataConfig(path="x", seq_len=48)
-    data = cross_data(ds, ds.select(range(5)), t, s, cfg)
+    data = align_data(ds, ds.select(range(5)), t, s, cfg)
     assert data.mode == "text" and data.dropped == 0 and data.eval
     total = sum(len(x.encode()) for x in TEXTS)
     assert sum(int(e.chunk_bytes.sum()) for e in data.train) == total  # packing keeps it all
@@ -134,7 +134,7 @@ def test_cross_data_packs_text_and_collates_rows(toks):
 def test_unpacked_examples_keep_their_first_window(toks):
     t, s = toks
     ds = datasets.Dataset.from_list([{"text": x} for x in TEXTS[:20]])
-    data = cross_data(ds, ds.select([]), t, s, DataConfig(path="x", seq_len=12, packing=False))
+    data = align_data(ds, ds.select([]), t, s, DataConfig(path="x", seq_len=12, packing=False))
     assert len(data.train) + data.dropped == 20
     assert all(len(e.teacher_ids) <= 12 and len(e.student_ids) <= 12 for e in data.train)
 
@@ -144,7 +144,7 @@ def test_no_usable_chunk_is_one_clear_error(toks):
     ds = datasets.Dataset.from_list([{"prompt": "a long prompt " * 10, "completion": "x"}] * 3)
     cfg = DataConfig(path="x", seq_len=8, packing=False)
     with pytest.raises(DataError, match="data.seq_len"):
-        cross_data(ds, ds.select([]), t, s, cfg)
+        align_data(ds, ds.select([]), t, s, cfg)
 
 
 @pytest.mark.skipif(

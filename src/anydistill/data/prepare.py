@@ -17,6 +17,7 @@ from typing import Any
 import datasets
 
 from anydistill.config import RunConfig
+from anydistill.data.align_stage import AlignedData, align_data
 from anydistill.data.build import (
     TokenizedData,
     _columns,
@@ -24,7 +25,6 @@ from anydistill.data.build import (
     texts_for_tokenizer,
     tokenize_data,
 )
-from anydistill.data.cross import CrossData, cross_data
 from anydistill.data.tokenize import detect_mode
 from anydistill.errors import DataError
 
@@ -58,12 +58,12 @@ def prepare_examples(
     cfg: RunConfig,
     align: bool,
     progress: bool | None = None,
-) -> TokenizedData | CrossData:
+) -> TokenizedData | AlignedData:
     """Tokenized examples (`align` false: both models read `student_tok`), or examples
     aligned across the two tokenizers (with a progress bar unless `progress` is False)."""
     if align:
         show = cfg.train.progress if progress is None else progress
-        data = cross_data(raw.train, raw.eval, teacher_tok, student_tok, cfg.data, progress=show)
+        data = align_data(raw.train, raw.eval, teacher_tok, student_tok, cfg.data, progress=show)
         if data.dropped:
             log.warning("data: dropped %d sequences with no aligned target chunk", data.dropped)
         return data

@@ -41,7 +41,7 @@ _EMPTY = np.zeros(0, dtype=np.int64)
 
 
 @dataclass
-class CrossData:
+class AlignedData:
     """Aligned examples ready for `BatchStream` / `collate_cross`."""
 
     train: list[CrossExample]
@@ -245,16 +245,17 @@ def cross_examples(
     return kept, len(pieces) - len(kept)
 
 
-def cross_data(
+def align_data(
     train_ds: datasets.Dataset,
     eval_ds: datasets.Dataset,
     teacher_tok: Any,
     student_tok: Any,
     cfg: DataConfig,
     progress: bool = False,
-) -> CrossData:
-    """Detect the mode and align both sets (the cross-tokenizer twin of `tokenize_data`);
-    `progress` shows a bar while the training set is aligned."""
+) -> AlignedData:
+    """Detect the mode and align both sets: the align stage, which `data.prepare` calls
+    where one tokenizer would call `tokenize_data`; `progress` shows a bar while the
+    training set is aligned."""
     mode = detect_mode(train_ds.column_names, cfg.mode, **_columns(cfg))
     if len(eval_ds) > 0:
         detect_mode(eval_ds.column_names, mode, **_columns(cfg), field="data.eval_path")
@@ -269,4 +270,4 @@ def cross_data(
                 f"chunk within {cfg.seq_len} tokens; raise data.seq_len or check the {mode} "
                 "columns"
             )
-    return CrossData(train=train, eval=ev, mode=mode, dropped=dropped + dropped_eval)
+    return AlignedData(train=train, eval=ev, mode=mode, dropped=dropped + dropped_eval)
