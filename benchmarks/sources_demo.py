@@ -40,9 +40,9 @@ from anydistill.cli_common import quiet_libraries
 from anydistill.config import config_from_dict
 from anydistill.demo.run import FAST, FULL, DemoSettings, _cached_teacher, _recipe, _write_data
 from anydistill.demo.run import llama_init as demo_llama_init
-from anydistill.models.tokenizer_training import train_tokenizer
 from anydistill.eval.generation import exact_match_accuracy
 from anydistill.models.loading import load_pretrained
+from anydistill.models.tokenizer_training import train_tokenizer
 from anydistill.train.loop import train
 
 RESULTS = Path(__file__).resolve().parent / "results"
