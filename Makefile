@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX_URL ?=
 
-.PHONY: setup demo demo-fast test lint clean
+.PHONY: setup demo demo-fast test lint clean gpu-wheels gpu-check gpu-check-dry
 
 setup: $(STAMP)
 
@@ -41,3 +41,18 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+
+# The GPU check (benchmarks/gpu_check.py). `make gpu-wheels` here (with a network) fetches TRL,
+# Liger-Kernel and the small packages a bare GPU image lacks into .gpu-wheels/; carry that
+# folder to the GPU box, where `make gpu-check` runs with the image's own python (no venv).
+GPU_PYTHON ?= python3
+GPU_OUT ?= benchmarks/results/gpu-check-$(shell date -u +%Y-%m-%d-%H%M)
+
+gpu-wheels: $(STAMP)
+	$(PY) benchmarks/gpu_wheels.py .gpu-wheels
+
+gpu-check:
+	$(GPU_PYTHON) benchmarks/gpu_check.py --out $(GPU_OUT)
+
+gpu-check-dry: $(STAMP)
+	$(PY) benchmarks/gpu_check.py --dry --out $(GPU_OUT)-dry

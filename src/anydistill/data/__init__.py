@@ -1,35 +1,45 @@
-"""Datasets -> token ids with loss masks -> packed/truncated examples -> batches."""
+"""Datasets -> token ids with loss masks -> packed/truncated examples -> batches.
 
-from anydistill.data.build import (
-    TokenizedData,
-    holdout_split,
-    load_raw,
-    texts_for_tokenizer,
-    tokenize_data,
-    tokenize_dataset,
-)
-from anydistill.data.collate import collate
-from anydistill.data.loading import load_records
-from anydistill.data.packing import has_target, pack, truncate_or_drop
-from anydistill.data.stream import BatchStream, eval_batches
-from anydistill.data.tokenize import Example, detect_mode, tokenize_chat, tokenize_example
+The names below load their module on first use: the batch views the step and the losses read
+(`data.views`, `data.aligned`, `data.collate`) then never pull in `datasets` and `pyarrow`,
+which only reading records needs (a GPU box checking the loss need not have them).
+"""
 
-__all__ = [
-    "BatchStream",
-    "Example",
-    "TokenizedData",
-    "collate",
-    "detect_mode",
-    "eval_batches",
-    "has_target",
-    "holdout_split",
-    "load_raw",
-    "load_records",
-    "pack",
-    "texts_for_tokenizer",
-    "tokenize_chat",
-    "tokenize_data",
-    "tokenize_dataset",
-    "tokenize_example",
-    "truncate_or_drop",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_HOME = {
+    "TokenizedData": "build",
+    "holdout_split": "build",
+    "load_raw": "build",
+    "texts_for_tokenizer": "build",
+    "tokenize_data": "build",
+    "tokenize_dataset": "build",
+    "collate": "collate",
+    "load_records": "loading",
+    "has_target": "packing",
+    "pack": "packing",
+    "truncate_or_drop": "packing",
+    "BatchStream": "stream",
+    "eval_batches": "stream",
+    "Example": "tokenize",
+    "detect_mode": "tokenize",
+    "tokenize_chat": "tokenize",
+    "tokenize_example": "tokenize",
+}
+
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module 'anydistill.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"anydistill.data.{_HOME[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOME))

@@ -35,7 +35,7 @@ class RunParts:
     tokenizer: PreTrainedTokenizerBase  # the teacher's
     teacher: Any  # a teachers.Teacher (live, cache or aligned), or None
     student: torch.nn.Module
-    data: Any  # data.prepare: TokenizedData, or CrossData when aligned
+    data: Any  # data.prepare: TokenizedData, or AlignedData when aligned
     vocab_size: int  # the student's
     student_tokenizer: PreTrainedTokenizerBase | None = None  # when it differs
     teacher_vocab: int | None = None
