@@ -35,6 +35,9 @@ class Plan:
     teacher_scale: float
     teacher_cap: float | None
     stat_names: tuple[str, ...]
+    # The head matmuls' operand dtype (bf16 under bf16 autocast), accumulated in float32;
+    # None: the compute dtype (float32, or float64 for references).
+    matmul_dtype: torch.dtype | None = None
 
 
 def compute_dtype(h: Tensor) -> torch.dtype:
@@ -42,22 +45,49 @@ def compute_dtype(h: Tensor) -> torch.dtype:
     return torch.float64 if h.dtype == torch.float64 else torch.float32
 
 
-def project(h: Tensor, weight: Tensor, bias: Tensor | None, vocab_size: int) -> Tensor:
+def project(
+    h: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    vocab_size: int,
+    matmul_dtype: torch.dtype | None = None,
+) -> Tensor:
     """Raw float32 logits `h @ weight[:V].T + bias[:V]` without upcasting the weight copy.
 
     Slicing the weight rows is the same as slicing the logits, minus the wasted columns.
-    On CUDA, bf16/fp16 operands multiply with float32 output (no [V, H] float32 copy).
-    Teacher and student share the student's compute dtype.
+    With `matmul_dtype` (bf16 under bf16 autocast) both operands are multiplied in that dtype
+    with float32 output (on CUDA: accumulated in float32, written once in float32), as
+    autocast does for the model's own matmuls. On CUDA, bf16/fp16 operands multiply with
+    float32 output in any case (no [V, H] float32 copy).
     """
     w = weight[:vocab_size]
     dtype = compute_dtype(h)
-    if h.is_cuda and h.dtype in (torch.bfloat16, torch.float16) and w.dtype == h.dtype:
+    if matmul_dtype is not None and dtype == torch.float32:
+        logits = mm_float32(h.to(matmul_dtype), w.to(matmul_dtype).T)
+    elif h.is_cuda and h.dtype in (torch.bfloat16, torch.float16) and w.dtype == h.dtype:
         logits = torch.mm(h, w.T, out_dtype=torch.float32)
     else:
         logits = h.to(dtype) @ w.to(dtype).T
     if bias is not None:
         logits = logits + bias[:vocab_size].to(dtype)
     return logits
+
+
+def mm_float32(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b of low-precision operands as float32: accumulated in float32 on CUDA; on CPU
+    (no float32-output kernel) the product is rounded to the operands' dtype first."""
+    if a.is_cuda:
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return (a @ b).float()
+
+
+def matmul_dtype(device: torch.device, inputs: Tensor) -> torch.dtype | None:
+    """The head matmuls' dtype: autocast's, when it is on with a 16-bit dtype and the loss
+    is not a float64 reference; else None (the compute dtype)."""
+    if inputs.dtype == torch.float64 or not torch.is_autocast_enabled(device.type):
+        return None
+    dtype = torch.get_autocast_dtype(device.type)
+    return dtype if dtype in (torch.bfloat16, torch.float16) else None
 
 
 def transform(raw: Tensor, scale: float, cap: float | None) -> Tensor:

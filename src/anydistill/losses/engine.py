@@ -33,6 +33,8 @@ from anydistill.losses import registry
 from anydistill.losses.chunk_math import (
     Plan,
     block_sums,
+    compute_dtype,
+    matmul_dtype,
     project,
     torch_rows,
     transform,
@@ -225,11 +227,17 @@ def _teacher_blocks(teacher: TeacherSignal | SparseTeacher | None, rows: Tensor,
             ids[start:end], logp[start:end], tail[start:end], teacher.tail
         )
     ht = teacher.hidden.detach().index_select(0, rows)
-    t_w, t_b = teacher.head.weight.detach(), teacher.head.bias
+    t_w, t_b = teacher.head.weight.detach()[: plan.vocab_size], teacher.head.bias
     t_b = t_b.detach() if t_b is not None else None
+    # Cast once, not once per block: to the matmul dtype, or (on CPU, which has no mixed
+    # kernel) a 16-bit teacher head to the compute dtype.
+    if plan.matmul_dtype is not None:
+        t_w, ht = t_w.to(plan.matmul_dtype), ht.to(plan.matmul_dtype)
+    elif not ht.is_cuda and t_w.dtype != compute_dtype(ht):
+        t_w = t_w.to(compute_dtype(ht))
 
     def dense(start: int, end: int) -> Tensor:
-        raw = project(ht[start:end], t_w, t_b, plan.vocab_size)
+        raw = project(ht[start:end], t_w, t_b, plan.vocab_size, plan.matmul_dtype)
         return transform(raw, plan.teacher_scale, plan.teacher_cap)
 
     return dense
@@ -246,6 +254,7 @@ def distill_loss(
     normalizer: float | Tensor,
     engine: str = "torch",
     chunk_size: int | None = None,
+    head_dtype: torch.dtype | None | str = "auto",
 ) -> LossOutput:
     """Weighted distillation loss over the rows where `mask` is True.
 
@@ -254,7 +263,10 @@ def distill_loss(
     gradient accumulation and ranks, so `loss = sum_k w_k * sum_tokens(value_k) / normalizer`
     (not a per-micro-batch mean). A NaN/inf loss is returned, not raised: `terms` holds every
     term's value so the caller can name the culprit. `chunk_size=None` sizes blocks by the
-    vocabulary (`auto_chunk_size`).
+    vocabulary (`auto_chunk_size`). `head_dtype` is the dtype of the head matmuls' operands
+    (accumulated in float32): "auto" takes autocast's 16-bit dtype when autocast is on (a
+    `precision: bf16` run), None keeps the compute dtype; softmax, divergences and every
+    reduction stay float32 either way.
     """
     if chunk_size is None:
         chunk_size = auto_chunk_size(vocab_size, student_hidden.device)
@@ -279,6 +291,11 @@ def distill_loss(
         teacher_scale=float(t_head.logit_scale) if t_head is not None else 1.0,
         teacher_cap=t_head.softcap if t_head is not None else None,
         stat_names=stat_names,
+        matmul_dtype=(
+            matmul_dtype(student_hidden.device, student_hidden)
+            if head_dtype == "auto"
+            else head_dtype
+        ),
     )
 
     # Only selected rows are ever projected.
@@ -291,7 +308,8 @@ def distill_loss(
     # The trainer runs under autocast; the loss math must stay float32 regardless.
     with torch.autocast(device_type=hs.device.type, enabled=False):
         if engine == "naive":
-            zs = transform(project(hs, s_w, s_b, vocab_size), plan.student_scale, plan.student_cap)
+            raw = project(hs, s_w, s_b, vocab_size, plan.matmul_dtype)
+            zs = transform(raw, plan.student_scale, plan.student_cap)
             with torch.no_grad():
                 zt = teacher_block(0, hs.shape[0])
             sums, stat_vec = block_sums(plan, zs, zt, y)

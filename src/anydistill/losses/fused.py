@@ -19,6 +19,7 @@ from torch import Tensor
 from anydistill.losses.chunk_math import (
     Plan,
     compute_dtype,
+    mm_float32,
     project,
     transform,
     transform_backward,
@@ -34,9 +35,12 @@ RowsFn = Callable[
 ]
 
 
-def _matmul_acc(out: Tensor, a: Tensor, b: Tensor) -> None:
-    """out += a @ b in float32, with bf16/fp16 operands multiplied natively on CUDA."""
-    if a.is_cuda and b.dtype in (torch.bfloat16, torch.float16):
+def _matmul_acc(out: Tensor, a: Tensor, b: Tensor, dtype: torch.dtype | None) -> None:
+    """out += a @ b in float32: operands in `dtype` (the plan's matmul dtype) when given,
+    bf16/fp16 operands multiplied natively on CUDA, else in out's dtype."""
+    if dtype is not None and out.dtype == torch.float32:
+        out.add_(mm_float32(a.to(dtype), b.to(dtype)))
+    elif a.is_cuda and b.dtype in (torch.bfloat16, torch.float16):
         out.add_(torch.mm(a.to(b.dtype), b, out_dtype=torch.float32))
     else:
         out.addmm_(a, b.to(out.dtype))
@@ -63,15 +67,21 @@ class FusedLinearDistill(torch.autograd.Function):
         acc = {"dtype": compute_dtype(hs), "device": hs.device}
         sums = torch.zeros(k, **acc)
         stats = torch.zeros(s, **acc)
-        if want_grad:
-            d_hs = torch.zeros(hs.shape, **acc)
-            d_w = torch.zeros(s_w.shape, **acc)
-            d_b = torch.zeros(s_b.shape, **acc) if s_b is not None else None
-        w_rows = s_w[:v]
+        # Only what trains gets a gradient: a frozen head (LoRA, frozen embeddings) has no
+        # dW buffer and no dW matmul; frozen hidden rows (a probe) no dX.
+        need_h, need_w, need_b = (want_grad and ctx.needs_input_grad[i] for i in range(3))
+        need_b = need_b and s_b is not None
+        d_hs = torch.zeros(hs.shape, **acc) if need_h else None
+        d_w = torch.zeros(s_w.shape, **acc) if need_w else None
+        d_b = torch.zeros(s_b.shape, **acc) if need_b else None
+        mm = plan.matmul_dtype
+        # The head (and, for dW, the rows) in the matmul dtype once, not once per block.
+        w_rows = s_w[:v] if mm is None else s_w[:v].to(mm)
+        h_rows = hs if mm is None else hs.to(mm)
         for start in range(0, n, chunk_size):
             end = min(start + chunk_size, n)
-            h = hs[start:end]
-            raw = project(h, s_w, s_b, v)
+            h = h_rows[start:end]
+            raw = project(h, w_rows, s_b, v, mm)
             zs = transform(raw, plan.student_scale, plan.student_cap)
             zt = teacher_block(start, end)
             y = labels[start:end] if labels is not None else None
@@ -82,8 +92,10 @@ class FusedLinearDistill(torch.autograd.Function):
             if want_grad:
                 assert grad is not None
                 grad = transform_backward(grad, zs, plan.student_scale, plan.student_cap)
-                _matmul_acc(d_hs[start:end], grad, w_rows)
-                _matmul_acc(d_w[:v], grad.T, h)
+                if d_hs is not None:
+                    _matmul_acc(d_hs[start:end], grad, w_rows, mm)
+                if d_w is not None:
+                    _matmul_acc(d_w[:v], grad.T, h, mm)
                 if d_b is not None:
                     d_b[:v] += grad.sum(dim=0)
             del zs, zt, grad
@@ -104,6 +116,8 @@ class FusedLinearDistill(torch.autograd.Function):
         d_hs, d_w, d_b = ctx.grads
         ctx.grads = None
         hs_dtype, w_dtype, b_dtype = ctx.dtypes
-        g = g_total.to(d_hs.dtype)
-        grad_b = d_b.mul_(g).to(b_dtype) if d_b is not None else None
-        return d_hs.mul_(g).to(hs_dtype), d_w.mul_(g).to(w_dtype), grad_b, *nones
+
+        def scaled(grad: Tensor | None, dtype: torch.dtype | None) -> Tensor | None:
+            return None if grad is None else grad.mul_(g_total.to(grad.dtype)).to(dtype)
+
+        return scaled(d_hs, hs_dtype), scaled(d_w, w_dtype), scaled(d_b, b_dtype), *nones
