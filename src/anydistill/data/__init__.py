@@ -10,6 +10,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+# Imported now, not lazily: importing the submodule `data.collate` would otherwise leave the
+# package attribute `collate` bound to that module instead of the function.
+from anydistill.data.collate import collate as collate
+
 _HOME = {
     "TokenizedData": "build",
     "holdout_split": "build",
@@ -17,7 +21,6 @@ _HOME = {
     "texts_for_tokenizer": "build",
     "tokenize_data": "build",
     "tokenize_dataset": "build",
-    "collate": "collate",
     "load_records": "loading",
     "has_target": "packing",
     "pack": "packing",
@@ -30,7 +33,7 @@ _HOME = {
     "tokenize_example": "tokenize",
 }
 
-__all__ = sorted(_HOME)
+__all__ = sorted([*_HOME, "collate"])
 
 
 def __getattr__(name: str) -> Any:

@@ -12,9 +12,10 @@ from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field as dc_field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
+if TYPE_CHECKING:  # only annotations: reading a batch view never loads datasets/pyarrow
+    import datasets
 
 from anydistill.errors import DataError
 
