@@ -4,7 +4,7 @@ The engine projects hidden states through the output heads itself, so full `[tok
 logits never have to exist for the whole batch:
 
 - `naive`: all selected rows at once through plain autograd (the readable reference);
-- `torch`: blocks of `chunk_size` rows through `fused.FusedLinearDistill`, which computes each
+- `torch`: blocks of `chunk_size` rows through `fused.fused_linear_distill`, which computes each
   block's gradient in the forward (by autograd on that block only) and folds it into dX/dW,
   so only one block's `[chunk, V]` logits are ever alive and each is built once;
 - `triton`: the same blocks, with the per-row softmax / divergence / gradient work done by one
@@ -40,7 +40,7 @@ from anydistill.losses.chunk_math import (
     transform,
     weighted_total,
 )
-from anydistill.losses.fused import FusedLinearDistill, RowsFn
+from anydistill.losses.fused import RowsFn, fused_linear_distill
 from anydistill.losses.objective import ActiveTerm
 from anydistill.losses.sparse import TAIL_MODES, SparseTarget, SparseTeacher, refusal
 from anydistill.models.heads import Head
@@ -320,7 +320,7 @@ def distill_loss(
             )
             # The kernel takes dense teachers; cached (sparse) ones go through torch's rows.
             rows_fn = torch_rows if sparse else _rows_fn(engine)
-            total, sums, stat_vec = FusedLinearDistill.apply(
+            total, sums, stat_vec = fused_linear_distill(
                 hs, s_w, s_b, teacher_block, y, plan, rows_fn, chunk_size, want_grad
             )
 

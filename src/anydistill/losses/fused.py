@@ -11,7 +11,7 @@ losses, generalised to every divergence of the registry and mixtures of them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -25,6 +25,7 @@ from anydistill.losses.chunk_math import (
     transform_backward,
     weighted_total,
 )
+from anydistill.losses.grad_in_forward import GradInForward
 from anydistill.losses.sparse import SparseTarget
 
 # The teacher's part of rows [start, end): dense logits, a sparse target, or None (ce only).
@@ -46,78 +47,76 @@ def _matmul_acc(out: Tensor, a: Tensor, b: Tensor, dtype: torch.dtype | None) ->
         out.addmm_(a, b.to(out.dtype))
 
 
-class FusedLinearDistill(torch.autograd.Function):
-    """Differentiable in the student hidden rows, head weight and head bias only."""
+def fused_linear_distill(
+    hs: Tensor,
+    s_w: Tensor,
+    s_b: Tensor | None,
+    teacher_block: TeacherBlocks,
+    labels: Tensor | None,
+    plan: Plan,
+    rows_fn: RowsFn,
+    chunk_size: int,
+    want_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(weighted total, term sums, stats) over all rows, differentiable in the student hidden
+    rows, head weight and head bias only (through `GradInForward` when `want_grad`)."""
 
-    @staticmethod
-    def forward(
-        ctx,
-        hs: Tensor,
-        s_w: Tensor,
-        s_b: Tensor | None,
-        teacher_block: TeacherBlocks,
-        labels: Tensor | None,
-        plan: Plan,
-        rows_fn: RowsFn,
-        chunk_size: int,
-        want_grad: bool,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        n, v = hs.shape[0], plan.vocab_size
-        k, s = len(plan.terms), len(plan.stat_names)
-        acc = {"dtype": compute_dtype(hs), "device": hs.device}
-        sums = torch.zeros(k, **acc)
-        stats = torch.zeros(s, **acc)
-        # Only what trains gets a gradient: a frozen head (LoRA, frozen embeddings) has no
-        # dW buffer and no dW matmul; frozen hidden rows (a probe) no dX.
-        need_h, need_w, need_b = (want_grad and ctx.needs_input_grad[i] for i in range(3))
-        need_b = need_b and s_b is not None
-        d_hs = torch.zeros(hs.shape, **acc) if need_h else None
-        d_w = torch.zeros(s_w.shape, **acc) if need_w else None
-        d_b = torch.zeros(s_b.shape, **acc) if need_b else None
-        mm = plan.matmul_dtype
-        # The head (and, for dW, the rows) in the matmul dtype once, not once per block.
-        w_rows = s_w[:v] if mm is None else s_w[:v].to(mm)
-        h_rows = hs if mm is None else hs.to(mm)
-        for start in range(0, n, chunk_size):
-            end = min(start + chunk_size, n)
-            h = h_rows[start:end]
-            raw = project(h, w_rows, s_b, v, mm)
-            zs = transform(raw, plan.student_scale, plan.student_cap)
-            zt = teacher_block(start, end)
-            y = labels[start:end] if labels is not None else None
-            del raw
-            block, block_stats, grad = rows_fn(plan, zs, zt, y, want_grad)
-            sums += block
-            stats += block_stats
-            if want_grad:
-                assert grad is not None
-                grad = transform_backward(grad, zs, plan.student_scale, plan.student_cap)
-                if d_hs is not None:
-                    _matmul_acc(d_hs[start:end], grad, w_rows, mm)
-                if d_w is not None:
-                    _matmul_acc(d_w[:v], grad.T, h, mm)
-                if d_b is not None:
-                    d_b[:v] += grad.sum(dim=0)
-            del zs, zt, grad
-        total = weighted_total(plan.terms, sums)
-        if want_grad:
-            # Kept as attributes, not saved tensors: backward scales them in place, once.
-            ctx.grads = (d_hs, d_w, d_b)
-            ctx.dtypes = (hs.dtype, s_w.dtype, s_b.dtype if s_b is not None else None)
-        ctx.want_grad = want_grad
-        ctx.mark_non_differentiable(sums, stats)
+    def run(needs: Sequence[bool], hs: Tensor, s_w: Tensor, s_b: Tensor | None):
+        return _blocks(hs, s_w, s_b, teacher_block, labels, plan, rows_fn, chunk_size, needs)
+
+    if want_grad:
+        total, sums, stats = GradInForward.apply(run, hs, s_w, s_b)
         return total, sums, stats
+    total, (sums, stats), _ = run((False, False, False), hs, s_w, s_b)
+    return total, sums, stats
 
-    @staticmethod
-    def backward(ctx, g_total: Tensor, _g_sums: Tensor, _g_stats: Tensor):
-        nones = (None,) * 6
-        if not ctx.want_grad:
-            return (None, None, None, *nones)
-        d_hs, d_w, d_b = ctx.grads
-        ctx.grads = None
-        hs_dtype, w_dtype, b_dtype = ctx.dtypes
 
-        def scaled(grad: Tensor | None, dtype: torch.dtype | None) -> Tensor | None:
-            return None if grad is None else grad.mul_(g_total.to(grad.dtype)).to(dtype)
-
-        return scaled(d_hs, hs_dtype), scaled(d_w, w_dtype), scaled(d_b, b_dtype), *nones
+def _blocks(
+    hs: Tensor,
+    s_w: Tensor,
+    s_b: Tensor | None,
+    teacher_block: TeacherBlocks,
+    labels: Tensor | None,
+    plan: Plan,
+    rows_fn: RowsFn,
+    chunk_size: int,
+    needs: Sequence[bool],
+) -> tuple[Tensor, tuple[Tensor, Tensor], list[Tensor | None]]:
+    n, v = hs.shape[0], plan.vocab_size
+    k, s = len(plan.terms), len(plan.stat_names)
+    acc = {"dtype": compute_dtype(hs), "device": hs.device}
+    sums = torch.zeros(k, **acc)
+    stats = torch.zeros(s, **acc)
+    # Only what trains gets a gradient: a frozen head (LoRA, frozen embeddings) has no dW
+    # buffer and no dW matmul; frozen hidden rows (a probe) no dX.
+    need_h, need_w, need_b = needs
+    want_grad = need_h or need_w or need_b
+    d_hs = torch.zeros(hs.shape, **acc) if need_h else None
+    d_w = torch.zeros(s_w.shape, **acc) if need_w else None
+    d_b = torch.zeros(s_b.shape, **acc) if need_b and s_b is not None else None
+    mm = plan.matmul_dtype
+    # The head (and, for dW, the rows) in the matmul dtype once, not once per block.
+    w_rows = s_w[:v] if mm is None else s_w[:v].to(mm)
+    h_rows = hs if mm is None else hs.to(mm)
+    for start in range(0, n, chunk_size):
+        end = min(start + chunk_size, n)
+        h = h_rows[start:end]
+        raw = project(h, w_rows, s_b, v, mm)
+        zs = transform(raw, plan.student_scale, plan.student_cap)
+        zt = teacher_block(start, end)
+        y = labels[start:end] if labels is not None else None
+        del raw
+        block, block_stats, grad = rows_fn(plan, zs, zt, y, want_grad)
+        sums += block
+        stats += block_stats
+        if want_grad:
+            assert grad is not None
+            grad = transform_backward(grad, zs, plan.student_scale, plan.student_cap)
+            if d_hs is not None:
+                _matmul_acc(d_hs[start:end], grad, w_rows, mm)
+            if d_w is not None:
+                _matmul_acc(d_w[:v], grad.T, h, mm)
+            if d_b is not None:
+                d_b[:v] += grad.sum(dim=0)
+        del zs, zt, grad
+    return weighted_total(plan.terms, sums), (sums, stats), [d_hs, d_w, d_b]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +27,7 @@ from torch.utils.checkpoint import checkpoint
 from anydistill.data.aligned import IGNORE, CrossBatch, CrossTokens
 from anydistill.losses.chunk_math import project, transform
 from anydistill.losses.engine import Head, auto_chunk_size
+from anydistill.losses.grad_in_forward import GradInForward
 
 
 @dataclass
@@ -131,28 +131,6 @@ def teacher_scores(side: Side, rows: Tensor, temperature: float, device: torch.d
         return side.scores(rows, temperature).to(device)
 
 
-class _Fused(torch.autograd.Function):
-    """Returns a total whose gradients were computed in the forward; backward scales them."""
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        hidden: Tensor,
-        weight: Tensor,
-        bias: Tensor | None,
-        extra: Tensor | None,
-        run: Callable[..., tuple[Tensor, list[Tensor | None]]],
-    ) -> Tensor:
-        total, grads = run(hidden, weight, bias, extra)
-        ctx.save_for_backward(*grads)
-        return total
-
-    @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        grads = [None if g is None else g * grad_out.to(g.dtype) for g in ctx.saved_tensors]
-        return (*grads, None)
-
-
 def fused_block_sum(
     side: Side,
     row_blocks: Sequence[Tensor],
@@ -174,8 +152,12 @@ def fused_block_sum(
     device = hidden.device
 
     def run(
-        hidden: Tensor, weight: Tensor, bias: Tensor | None, extra: Tensor | None
-    ) -> tuple[Tensor, list[Tensor | None]]:
+        needs: Sequence[bool],
+        hidden: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        extra: Tensor | None,
+    ) -> tuple[Tensor, tuple, list[Tensor | None]]:
         acc = [
             torch.zeros(t.shape, dtype=torch.float32, device=t.device)
             if want and t is not None and t.requires_grad
@@ -209,11 +191,11 @@ def fused_block_sum(
             None if a is None else a.to(t.dtype)
             for a, t in zip(acc, (hidden, weight, bias, extra), strict=True)
         ]
-        return total, grads
+        return total, (), grads
 
     if want:
-        return _Fused.apply(hidden, weight, bias, extra, run)
-    return run(hidden, weight, bias, extra)[0]
+        return GradInForward.apply(run, hidden, weight, bias, extra)[0]
+    return run((False,) * 4, hidden, weight, bias, extra)[0]
 
 
 def _head_args(head: Head) -> tuple[float, float | None]:
