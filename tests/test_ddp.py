@@ -15,7 +15,7 @@ from conftest import tiny_recipe, train_rows
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["ce_mix", "cross_tokenizer_alm"])
+@pytest.mark.parametrize("recipe", ["ce_mix", "cross_tokenizer_alm", "hidden"])
 def test_two_process_ddp_matches_single_process(tmp_path, recipe):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     if torchrun is None:

@@ -10,7 +10,9 @@ same records; `register` adds a whole new kind at run time, math included:
 
 Families: `divergence` (a per-token function of the student's and the teacher's log-probs;
 the engine applies T and T**2), `ce` (hard labels), `contrastive` (DistiLLM-2, split by the
-step into skl/srkl halves) and `cross` (cross-tokenizer terms on aligned chunks).
+step into skl/srkl halves), `cross` (cross-tokenizer terms on aligned chunks) and `feature`
+(a student layer's activations against a teacher layer's: hidden states, attention outputs or
+attention maps; a live teacher only).
 
 Teacher kinds: `live` (a teacher model: full logits), `cache` (an offline top-k cache) and
 `aligned` (a teacher on another tokenizer, chunk by chunk). List `cache` for a divergence only
@@ -24,8 +26,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Family = Literal["divergence", "ce", "contrastive", "cross"]
-FAMILIES = ("divergence", "ce", "contrastive", "cross")
+Family = Literal["divergence", "ce", "contrastive", "cross", "feature"]
+FAMILIES = ("divergence", "ce", "contrastive", "cross", "feature")
 ENGINES = ("naive", "torch", "triton")
 TEACHERS = ("live", "cache", "aligned")
 # A term's parameters by their recipe name -> the `ActiveTerm` field (and math keyword).
@@ -44,7 +46,8 @@ class TermKind:
     family: Family
     summary: str  # one line, for people
     # divergence: per-token `[N]` from (student_logp, teacher_logp, **its params but T);
-    # cross: the term's loss over aligned chunks; None for ce and contrastive.
+    # cross: the term's loss over aligned chunks; feature: per-row `[N]` from the student's
+    # and the teacher's activations; None for ce and contrastive.
     math: Callable[..., Any] | None = None
     params: tuple[str, ...] = ("temperature",)  # keys of PARAMETERS it reads
     options: tuple[str, ...] = ()  # cross terms: the keys their `options:` accept
@@ -64,6 +67,8 @@ class TermKind:
             return "nothing"
         if self.family == "cross":
             return "aligned chunks"
+        if self.family == "feature":
+            return "layer features"
         return "sparse-ok" if "cache" in self.teachers else "logits"
 
 
@@ -88,7 +93,7 @@ def _check(kind: TermKind) -> None:
 def register(kind: TermKind) -> TermKind:
     """Add a kind, math included (its name must be new); `unregister` removes it."""
     _check(kind)
-    if kind.family in ("divergence", "cross") and kind.math is None:
+    if kind.family in ("divergence", "cross", "feature") and kind.math is None:
         raise ValueError(f"term kind {kind.name!r} needs its math")
     TERMS[kind.name] = kind
     return kind
@@ -169,6 +174,16 @@ for _kind in (
     TermKind(
         "mined", "cross", "MinED: forward KL through a mined vocabulary map",
         engines=(), teachers=("aligned",),
+    ),
+    TermKind(
+        "hidden", "feature",
+        "hidden-state MSE or cosine of matched layers (a learned projection when widths differ)",
+        params=(), options=("layers", "loss"), engines=(), teachers=("live",),
+    ),
+    TermKind(
+        "attention", "feature",
+        "attention outputs (MSE or cosine) or MiniLM attention maps (KL) of matched layers",
+        params=(), options=("layers", "target", "loss"), engines=(), teachers=("live",),
     ),
 ):  # fmt: skip
     _check(_kind)

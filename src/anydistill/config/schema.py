@@ -257,6 +257,7 @@ class RunConfig(Strict):
         if self.train.warmup_steps >= self.train.max_steps and self.train.warmup_steps > 0:
             raise ValueError("train.warmup_steps must be smaller than train.max_steps")
         self._check_source()
+        self._check_features()
         if self.objective.cross_tokenizer():
             self._check_cross()
         elif isinstance(self.student.tokenizer, TokenizerTrain):
@@ -292,6 +293,37 @@ class RunConfig(Strict):
             )
         if why:
             raise ValueError(why)
+
+    def _check_features(self) -> None:
+        """Feature terms read a teacher model's layers, on the student's own tokens."""
+        terms = self.objective.terms
+        feature = [(i, t) for i, t in enumerate(terms) if kinds.get(t.kind).family == "feature"]
+        if not feature:
+            return
+        i, first = feature[0]
+        if self.teacher.kind == "cache":
+            raise ValueError(
+                f"objective.terms.{i}: `{first.kind}` compares layer activations, which a "
+                "teacher cache does not hold; use a teacher model (teacher.path or teacher.init)"
+            )
+        if self.objective.cross_tokenizer():
+            raise ValueError(
+                f"objective.terms.{i}: `{first.kind}` pairs student and teacher positions "
+                "token by token, so it needs one shared tokenizer; drop it or the "
+                "cross-tokenizer terms"
+            )
+        for i, term in feature:
+            if term.kind != "attention" or (term.options or {}).get("target") != "map":
+                continue
+            sides = [("teacher", self.teacher)]
+            if self.student.from_teacher is None:  # a student cut from it inherits it
+                sides.append(("student", self.student))
+            for side, model in sides:
+                if model.attn_implementation != "eager":
+                    raise ValueError(
+                        f"objective.terms.{i}: attention maps come only from eager attention; "
+                        f"set {side}.attn_implementation: eager"
+                    )
 
     def _contrastive(self) -> bool:
         return any(kinds.get(t.kind).family == "contrastive" for t in self.objective.terms)

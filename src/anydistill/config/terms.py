@@ -51,6 +51,51 @@ class NoOptions(Strict):
     pass
 
 
+# `auto`: each student layer against the teacher layer at the same relative depth.
+LayerPairs = Literal["auto"] | list[tuple[int, int]]
+
+
+class HiddenOptions(Strict):
+    """`hidden`: student layer i against teacher layer j, per `[i, j]` pair."""
+
+    layers: LayerPairs = "auto"
+    loss: Literal["mse", "cosine"] = "mse"
+
+    @field_validator("layers")
+    @classmethod
+    def _pairs(cls, layers: LayerPairs) -> LayerPairs:
+        if isinstance(layers, list):
+            if not layers:
+                raise ValueError("give at least one [student_layer, teacher_layer] pair or auto")
+            if any(i < 0 or j < 0 for i, j in layers):
+                raise ValueError("layers count from 0; negative layers are not accepted")
+            if len(set(layers)) != len(layers):
+                raise ValueError("each [student_layer, teacher_layer] pair may appear once")
+        return layers
+
+
+class AttentionOptions(HiddenOptions):
+    """`attention`: attention outputs (`target: output`, MSE or cosine) or MiniLM attention
+    maps (`target: map`, KL between the teacher's and the student's attention
+    distributions of matched heads)."""
+
+    target: Literal["output", "map"] = "output"
+    loss: Literal["mse", "cosine"] | None = None  # output only; default mse
+
+    @model_validator(mode="after")
+    def _map_loss(self) -> AttentionOptions:
+        if self.target == "map" and self.loss is not None:
+            raise ValueError("attention maps are compared by KL; drop `loss` for target map")
+        return self
+
+
+# The feature terms' `options:` (anydistill.losses.features).
+FEATURE_OPTION_MODELS: dict[str, type[Strict]] = {
+    "hidden": HiddenOptions,
+    "attention": AttentionOptions,
+}
+
+
 # The value checks of the cross-tokenizer terms' `options:` (anydistill.losses.cross); beta
 # and temperature are the TermConfig fields. ALM's temperature is its binarisation tau. Which
 # option names a kind takes is the registry's (`TermKind.options`; tests keep both in step).
@@ -100,7 +145,7 @@ class TermConfig(Strict):
     alpha: float = Field(0.1, ge=0.0, le=1.0)
     schedule: ScheduleConfig | None = None
     taid: TaidConfig | None = None
-    options: dict[str, Any] | None = None  # cross-tokenizer terms only (CROSS_OPTIONS)
+    options: dict[str, Any] | None = None  # cross-tokenizer and feature terms only
 
     @field_validator("kind")
     @classmethod
@@ -131,8 +176,10 @@ class TermConfig(Strict):
             )
         if self.taid is not None and "taid" not in kind.params:
             raise ValueError(f"`taid` only applies to a taid term, not {self.kind}")
-        if self.options and kind.family != "cross":
-            raise ValueError(f"`options` only applies to cross-tokenizer terms, not {self.kind}")
+        if self.options and kind.family not in ("cross", "feature"):
+            raise ValueError(
+                f"`options` only applies to cross-tokenizer and feature terms, not {self.kind}"
+            )
         if self.options:
             self._check_options(kind)
         return self
@@ -142,7 +189,7 @@ class TermConfig(Strict):
         if unknown:
             takes = ", ".join(kind.options) or "none"
             raise ValueError(f"{self.kind} does not take option `{unknown[0]}`; it takes: {takes}")
-        model = CROSS_OPTION_MODELS.get(self.kind)
+        model = CROSS_OPTION_MODELS.get(self.kind) or FEATURE_OPTION_MODELS.get(self.kind)
         if model is None:  # a kind with no value checks of its own
             return
         try:

@@ -81,8 +81,10 @@ def _check_spec(spec: TermSpec, name: str) -> None:
         raise _fail(name, "alpha", f"must be in [0, 1], got {spec.alpha}")
     if spec.taid is not None and "taid" not in kind.params:
         raise _fail(name, "taid", f"only applies to a taid term, not {spec.kind}")
-    if spec.options and kind.family != "cross":
-        raise _fail(name, "options", f"only applies to cross-tokenizer terms, not {spec.kind}")
+    if spec.options and kind.family not in ("cross", "feature"):
+        raise _fail(
+            name, "options", f"only applies to cross-tokenizer and feature terms, not {spec.kind}"
+        )
 
 
 def _build_schedule(spec: TermSpec, name: str, total_steps: int) -> WeightSchedule | None:

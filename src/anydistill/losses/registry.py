@@ -35,6 +35,7 @@ from anydistill.config.kinds import (
 )
 from anydistill.kernels import terms as kernel
 from anydistill.losses import divergences as d
+from anydistill.losses.features import feature_term
 
 if TYPE_CHECKING:  # objective.py imports this module
     from anydistill.losses.objective import ActiveTerm
@@ -191,6 +192,8 @@ for _name, _math, _kernel in (
     ("srkl", d.skew_reverse_kl, _srkl_kernel),
     ("taid", d.taid_kl, _taid_kernel),
     *((name, _cross(name), None) for name in names("cross")),
+    ("hidden", feature_term, None),
+    ("attention", feature_term, None),
 ):
     TERMS[_name] = replace(TERMS[_name], math=_math, kernel=_kernel)
 del _name, _math, _kernel

@@ -13,6 +13,8 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
+from anydistill.models.features import NO_EXTRAS, Features, Needs, capture
+
 
 @dataclass
 class Head:
@@ -55,15 +57,27 @@ class HiddenStates(nn.Module):
     """Wraps a CausalLM so that forward returns the final (normed) hidden states only.
 
     DDP and accelerate wrap this module, so gradient sync covers the trunk; the head is used
-    by the loss outside forward and still receives its gradient in the same backward.
+    by the loss outside forward and still receives its gradient in the same backward. So do
+    `extras` (feature terms' projections): trained with the student, synced by the same DDP,
+    never part of the saved student.
     """
 
-    def __init__(self, lm: nn.Module):
+    def __init__(self, lm: nn.Module, extras: nn.Module | None = None):
         super().__init__()
         self.lm = lm
+        if extras is not None:
+            self.extras = extras
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, needs: Needs = NO_EXTRAS
+    ) -> torch.Tensor | tuple[torch.Tensor, Features]:
+        """The final hidden states `[B, T, H]`; with `needs`, also the layer activations it
+        lists (full `[B, T, ...]`, in the graph), as `(hidden, features)`."""
         base = unwrap(self.lm)
         decoder = base.get_decoder() if hasattr(base, "get_decoder") else base.base_model
-        out = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        return out.last_hidden_state
+        if not needs:
+            out = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            return out.last_hidden_state
+        with capture(base, needs, "student") as features:
+            out = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return out.last_hidden_state, features

@@ -15,31 +15,14 @@ is the term registry's business (`losses.registry`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 
 from anydistill.data.views import StepInputs
+from anydistill.models.features import NO_EXTRAS, Features, Needs
 
-
-@dataclass(frozen=True)
-class Needs:
-    """What this step's terms ask of the teacher beyond its distribution."""
-
-    hidden_layers: tuple[int, ...] = ()  # outputs of these decoder layers (0-based)
-    attention_layers: tuple[int, ...] = ()  # the self-attention outputs of these layers
-
-
-NO_EXTRAS = Needs()
-
-
-@dataclass
-class Features:
-    """Per-layer activations at the selected rows: {layer: [N, H]}."""
-
-    hidden: dict[int, torch.Tensor] = field(default_factory=dict)
-    attention: dict[int, torch.Tensor] = field(default_factory=dict)
+__all__ = ["NO_EXTRAS", "Features", "Needs", "Teacher"]
 
 
 class Teacher(Protocol):

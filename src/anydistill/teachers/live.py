@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from anydistill.data.views import StepInputs
-from anydistill.errors import ConfigError
 from anydistill.losses.engine import TeacherSignal
-from anydistill.models.from_teacher import decoder_layers
+from anydistill.models.features import capture, select_rows
 from anydistill.models.heads import output_head, unwrap
 from anydistill.teachers.base import NO_EXTRAS, Features, Needs
 
@@ -35,51 +32,9 @@ def forward_rows(
     lists (rows selected the same way), or None when it lists none."""
     base = unwrap(model)
     decoder = base.get_decoder() if hasattr(base, "get_decoder") else base.base_model
-    want_hidden = bool(needs.hidden_layers)
-    attention: dict[int, torch.Tensor] = {}
-    with _attention_hooks(model, needs.attention_layers, attention):
+    with capture(base, needs, "teacher") as features:
         out = decoder(
-            input_ids=inputs.input_ids,
-            attention_mask=inputs.attention_mask,
-            use_cache=False,
-            output_hidden_states=want_hidden,
+            input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, use_cache=False
         )
-
-    def rows(x: torch.Tensor) -> torch.Tensor:
-        return x[:, :-1][inputs.select]
-
-    final = rows(out.last_hidden_state)
-    if not (needs.hidden_layers or needs.attention_layers):
-        return final, None
-    # hidden_states[0] is the embedding output; layer i's output is hidden_states[i + 1].
-    count = len(out.hidden_states or ()) - 1
-    for i in needs.hidden_layers:
-        if not 0 <= i < count:
-            raise ConfigError(f"the teacher has {count} decoder layers; layer {i} is not one")
-    layers = {i: rows(out.hidden_states[i + 1]) for i in needs.hidden_layers}
-    return final, Features(layers, {i: rows(a) for i, a in attention.items()})
-
-
-@contextlib.contextmanager
-def _attention_hooks(model: torch.nn.Module, layers: tuple[int, ...], into: dict):
-    blocks = decoder_layers(model)
-    handles = []
-    for i in layers:
-        attn = None
-        if 0 <= i < len(blocks):  # llama-style blocks call it self_attn, gpt2-style attn
-            attn = getattr(blocks[i], "self_attn", None) or getattr(blocks[i], "attn", None)
-        if attn is None:
-            raise ConfigError(
-                f"the teacher has {len(blocks)} decoder layers; layer {i} has no attention "
-                "module to read"
-            )
-
-        def keep(_module, _args, output, i=i):
-            into[i] = output[0] if isinstance(output, tuple) else output
-
-        handles.append(attn.register_forward_hook(keep))
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+    final = out.last_hidden_state[:, :-1][inputs.select]
+    return final, (select_rows(features, inputs.select) if needs else None)

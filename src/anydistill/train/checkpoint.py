@@ -1,4 +1,5 @@
-"""Checkpoints with exact resume: student, optimizer, scheduler, RNG, data position, objective.
+"""Checkpoints with exact resume: student, optimizer, scheduler, RNG, data position, objective,
+and `extras.safetensors` when the run trains modules beside the student (feature projections).
 
 Written to `step-N.tmp/` and renamed, so a crash never leaves a half checkpoint that looks
 whole; `checksums.json`, written last, records the size and sha256 of every other file, so a
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 CHECKSUMS = "checksums.json"
 FILES = ("student.safetensors", "trainer.pt", "state.json")
+EXTRAS = "extras.safetensors"
 
 
 def rng_state() -> dict[str, Any]:
@@ -99,6 +101,7 @@ def save_checkpoint(
     scheduler: Any,
     state: dict[str, Any],
     keep: int,
+    extras: torch.nn.Module | None = None,
 ) -> Path:
     """Write `root/step-N/` atomically and keep only the newest `keep` checkpoints.
 
@@ -112,6 +115,11 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
         current = tmp / "student.safetensors"
         save_model(model, str(current))  # handles tied embeddings
+        names = FILES
+        if extras is not None:
+            current = tmp / EXTRAS
+            save_model(extras, str(current))
+            names = (*FILES, EXTRAS)
         current = tmp / "trainer.pt"
         trainer = {
             "optimizer": optimizer.state_dict(),
@@ -122,7 +130,7 @@ def save_checkpoint(
         current = tmp / "state.json"
         current.write_text(json.dumps({"step": step, **state}, indent=1))
         sums = {}
-        for name in FILES:
+        for name in names:
             _fsync(tmp / name)
             sums[name] = {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
         current = tmp / CHECKSUMS
@@ -162,7 +170,7 @@ def checkpoint_problem(path: Path) -> str | None:
         sums = json.loads(sums_path.read_text())
     except (OSError, ValueError):
         return f"{CHECKSUMS} is unreadable"
-    for name in FILES:
+    for name in (*FILES, *([EXTRAS] if EXTRAS in sums else [])):
         file = path / name
         expected = sums.get(name) or {}
         if not file.is_file():
@@ -179,8 +187,11 @@ class UnreadableCheckpoint(Exception):
     """A checkpoint file that passed (or had no) checksum but still cannot be read."""
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Load the student in place; return (trainer state: optimizer/scheduler/rng, json state)."""
+def load_checkpoint(
+    path: Path, model: torch.nn.Module, extras: torch.nn.Module | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Load the student (and `extras`) in place; return (trainer state: optimizer/scheduler/rng,
+    json state)."""
     try:
         state = json.loads((path / "state.json").read_text())
         trainer = torch.load(path / "trainer.pt", weights_only=True, map_location="cpu")
@@ -199,10 +210,34 @@ def load_checkpoint(path: Path, model: torch.nn.Module) -> tuple[dict[str, Any],
             "resume with the student the run started with, or start over with "
             "output.overwrite=true"
         ) from None
+    if extras is not None:
+        _load_extras(path, extras)
     return trainer, state
 
 
-def load_latest(root: Path, model: torch.nn.Module) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+def _load_extras(path: Path, extras: torch.nn.Module) -> None:
+    if not (path / EXTRAS).is_file():
+        raise TrainingError(
+            f"output.dir: the checkpoint {path} has no {EXTRAS} (the feature terms' "
+            "projections); resume with the objective the run started with, or start over with "
+            "output.overwrite=true"
+        )
+    try:
+        load_model(extras, str(path / EXTRAS), device=str(next(extras.parameters()).device))
+    except SafetensorError as err:
+        raise UnreadableCheckpoint(str(err)[:120]) from None
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise TrainingError(
+            f"output.dir: the checkpoint {path} holds feature projections of another shape "
+            f"({first[:160]}); resume with the objective the run started with, or start over "
+            "with output.overwrite=true"
+        ) from None
+
+
+def load_latest(
+    root: Path, model: torch.nn.Module, extras: torch.nn.Module | None = None
+) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     """The newest whole checkpoint, loaded (student in place); a damaged one is skipped with a
     warning naming the file. Raises TrainingError when none is usable."""
     found = list_checkpoints(root)
@@ -211,7 +246,7 @@ def load_latest(root: Path, model: torch.nn.Module) -> tuple[Path, dict[str, Any
         why = checkpoint_problem(path)
         if why is None:
             try:
-                trainer, state = load_checkpoint(path, model)
+                trainer, state = load_checkpoint(path, model, extras)
                 return path, trainer, state
             except UnreadableCheckpoint as err:
                 why = f"it cannot be read ({err})"

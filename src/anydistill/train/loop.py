@@ -157,7 +157,7 @@ class _Loop:
         run_dir = Path(cfg.output.dir)
         selector = token_selector(cfg, parts, acc.device)
         metrics = _open_log(cfg, run_dir, started) if acc.is_main_process else None
-        model = HiddenStates(parts.student)
+        model = HiddenStates(parts.student, _projections(parts))
         if t.compile:
             model = torch.compile(model)
         done = started.progress
@@ -182,6 +182,7 @@ class _Loop:
             selector=selector,
             aligned_params=parts.aligned_params,
             guard=DeadGradientGuard(t.lr),
+            features=parts.features,
         )
         return cls(cfg, acc, started, step_parts, metrics, clock, started.step)
 
@@ -334,6 +335,7 @@ class _Loop:
                 started.scheduler,
                 state,
                 self.cfg.train.keep_checkpoints,
+                extras=_projections(started.parts),
             )
         self.acc.wait_for_everyone()
 
@@ -351,6 +353,13 @@ class _Loop:
             from anydistill.report import write_report
 
             write_report(self.run_dir)
+
+
+def _projections(parts: RunParts) -> torch.nn.Module | None:
+    """The feature terms' projections when there are any (trained, checkpointed, not final)."""
+    if parts.features is None or len(parts.features.projections) == 0:
+        return None
+    return parts.features.projections
 
 
 def _save_final(run_dir: Path, parts: RunParts) -> None:

@@ -19,6 +19,7 @@ from anydistill.config import ModelConfig, RunConfig
 from anydistill.config.kinds import needs_teacher
 from anydistill.data.prepare import load_run_data, prepare_examples
 from anydistill.errors import ConfigError
+from anydistill.losses.features import FeaturePlan
 from anydistill.models.from_config import load_model, pick_device
 from anydistill.models.from_teacher import student_from_teacher
 from anydistill.models.loading import freeze, max_positions, resolve_dtype
@@ -40,6 +41,7 @@ class RunParts:
     student_tokenizer: PreTrainedTokenizerBase | None = None  # when it differs
     teacher_vocab: int | None = None
     aligned_params: dict[str, dict] = field(default_factory=dict)  # per aligned term
+    features: FeaturePlan | None = None  # feature terms: layer pairs and projections
 
     @property
     def student_tok(self) -> PreTrainedTokenizerBase:
@@ -98,6 +100,7 @@ def build_parts(cfg: RunConfig, run_dir: Path, device: torch.device) -> RunParts
         student_tokenizer=student_tok if align else None,
         teacher_vocab=t_vocab,
         aligned_params=aligned_params(cfg, teacher_tok, student_tok) if align else {},
+        features=feature_plan(cfg, student, model),
     )
 
 
@@ -134,6 +137,45 @@ def aligned_params(cfg: RunConfig, teacher_tok: Any, student_tok: Any) -> dict[s
             term.kind, teacher_tok, student_tok, **options
         )
     return out
+
+
+def feature_plan(
+    cfg: RunConfig, student: torch.nn.Module, teacher: torch.nn.Module | None
+) -> FeaturePlan | None:
+    """The feature terms' layer pairs, checked against both models, and a seeded projection
+    per pair whose widths differ; None without feature terms."""
+    from anydistill.losses.features import FeatureProjections, resolve_spec
+    from anydistill.losses.registry import get
+    from anydistill.models.features import hidden_width, layer_count
+    from anydistill.models.heads import unwrap
+
+    terms = [t for t in cfg.objective.terms if get(t.kind).family == "feature"]
+    if not terms:
+        return None
+    assert teacher is not None  # the config refuses feature terms without a teacher model
+    lm = unwrap(student)
+    specs = {}
+    for term in terms:
+        name = term.name or term.kind
+        specs[name] = resolve_spec(
+            name, term.kind, term.options or {}, layer_count(lm), layer_count(teacher)
+        )
+    for spec in specs.values():
+        if spec.target == "map":
+            heads = [getattr(m.config, "num_attention_heads", 0) for m in (lm, teacher)]
+            if heads[0] < 1 or heads[1] % heads[0]:
+                raise ConfigError(
+                    f"objective term {spec.name!r}: attention maps pair the student's "
+                    f"{heads[0]} heads with groups of the teacher's {heads[1]}; the teacher's "
+                    "head count must be a multiple of the student's"
+                )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed + 3)
+        projections = FeatureProjections(
+            list(specs.values()), hidden_width(lm), hidden_width(teacher)
+        )
+    device = next(lm.parameters()).device
+    return FeaturePlan(specs, projections.to(device))
 
 
 def _check_sparse_terms(cfg: RunConfig) -> None:

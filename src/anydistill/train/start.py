@@ -110,7 +110,10 @@ def start(cfg: RunConfig, acc: Accelerator, mode: str) -> Started:
         objective = Objective(terms, t.max_steps)
     except ValueError as err:
         raise ConfigError(f"objective.terms: {err}") from None
-    optimizer = build_optimizer(parts.student, t.lr, t.weight_decay, t.betas)
+    trained = parts.student
+    if parts.features is not None and len(parts.features.projections):
+        trained = torch.nn.ModuleList([parts.student, parts.features.projections])
+    optimizer = build_optimizer(trained, t.lr, t.weight_decay, t.betas)
     scheduler = build_scheduler(
         optimizer, t.warmup_steps, t.max_steps, t.lr_schedule, t.min_lr_ratio
     )
@@ -123,7 +126,11 @@ def start(cfg: RunConfig, acc: Accelerator, mode: str) -> Started:
 
 
 def _resume(started: Started, run_dir: Path, acc: Accelerator) -> None:
-    path, trainer_state, state = load_latest(run_dir / "checkpoints", started.parts.student)
+    features = started.parts.features
+    extras = features.projections if features is not None and len(features.projections) else None
+    path, trainer_state, state = load_latest(
+        run_dir / "checkpoints", started.parts.student, extras=extras
+    )
     check_same_data(state.get("data_fingerprint"), started.fingerprint, run_dir, state["step"])
     started.optimizer.load_state_dict(trainer_state["optimizer"])
     started.scheduler.load_state_dict(trainer_state["scheduler"])

@@ -8,9 +8,11 @@ Terms come in two families, declared by the term registry: vocabulary terms (`ce
 divergences) score the student's rows against the teacher's distribution over the same
 vocabulary (a live teacher's head, or the cache's top-k); aligned terms (alm, uld,
 gold_hybrid, mined) score them against a teacher on another tokenizer, chunk by chunk.
-Vocabulary terms are divided by the step's target tokens; each aligned term by the units its
-sum runs over (its chunks). Both are counted over all micro-batches and ranks before the
-first backward, so gradient accumulation and DDP give the gradient of one big batch.
+Feature terms (hidden, attention) compare student layers with teacher layers at the same
+rows (`losses/features.py`). Vocabulary and feature terms are divided by the step's target
+tokens; each aligned term by the units its sum runs over (its chunks). Both are counted over
+all micro-batches and ranks before the first backward, so gradient accumulation and DDP give
+the gradient of one big batch.
 
 A paired batch (source `paired`) carries `teacher_rows`; with a `contrastive` term the engine
 then runs twice over the same hidden states, once per half (see `split_contrastive`).
@@ -30,7 +32,9 @@ from anydistill.data.views import Batch, StepInputs, step_inputs, target_count
 from anydistill.errors import TrainingError
 from anydistill.losses import registry
 from anydistill.losses.engine import LossOutput, SparseTeacher, TeacherSignal, distill_loss
+from anydistill.losses.features import FeaturePlan, feature_loss
 from anydistill.losses.objective import ActiveTerm, split_contrastive
+from anydistill.models.features import NO_EXTRAS, select_rows
 from anydistill.models.heads import output_head
 from anydistill.teachers import AlignedSignal, as_teacher
 from anydistill.train.guards import DeadGradientGuard, nan_message
@@ -53,6 +57,7 @@ class StepParts:
     selector: Any | None = None  # AdaSPEC's TokenSelector
     aligned_params: dict[str, dict] = field(default_factory=dict)  # per aligned term name
     guard: DeadGradientGuard | None = None
+    features: FeaturePlan | None = None  # the feature terms' layer pairs and projections
 
 
 @dataclass
@@ -129,6 +134,7 @@ def accumulate(
                 parts.selector,
                 parts.aligned_params,
                 units,
+                parts.features,
             )
             acc.backward(out.loss * scale)
         total += out.loss.detach()
@@ -166,17 +172,27 @@ def micro_batch_loss(
     selector: Any | None = None,
     aligned_params: dict[str, dict] | None = None,
     units: dict[str, torch.Tensor] | None = None,
+    features: FeaturePlan | None = None,
 ) -> LossOutput:
     """The weighted loss of one micro-batch. `student` is the (possibly DDP-wrapped)
     HiddenStates module; `teacher` a teachers.Teacher (a bare model is taken as a live one),
     asked once for what the terms need; `normalizer` the step's global target tokens and
-    `units` each aligned term's global units."""
+    `units` each aligned term's global units; `features` the feature terms' plan."""
     teacher = as_teacher(teacher)
+    feature_terms = [t for t in terms if family(t.kind) == "feature"]
+    if feature_terms and features is None:
+        raise TrainingError(f"term {feature_terms[0].name!r} needs a feature plan (its layers)")
+    student_needs, teacher_needs = (
+        features.needs(feature_terms) if features else (NO_EXTRAS, NO_EXTRAS)
+    )
     wants = teacher is not None and any(registry.needs_teacher(t.kind) for t in terms)
-    signal = teacher.signal(inputs) if wants else None
-    hidden = student(inputs.input_ids, inputs.attention_mask)
+    signal = teacher.signal(inputs, teacher_needs) if wants else None
+    if student_needs:
+        hidden, caught = student(inputs.input_ids, inputs.attention_mask, student_needs)
+    else:
+        hidden = student(inputs.input_ids, inputs.attention_mask)
     normalizer = normalizer.clamp(min=1.0)
-    vocab_terms = [t for t in terms if family(t.kind) != "aligned"]
+    vocab_terms = [t for t in terms if family(t.kind) == "vocabulary"]
     outs = []
     if vocab_terms:
         dense = signal if isinstance(signal, TeacherSignal | SparseTeacher) else None
@@ -199,6 +215,22 @@ def micro_batch_loss(
         outs.append(
             aligned_loss(student, hidden, signal, inputs, aligned_terms, aligned_params, units)
         )
+    if feature_terms:
+        assert features is not None
+        if not isinstance(signal, TeacherSignal) or signal.features is None:
+            raise TrainingError(
+                f"term {feature_terms[0].name!r} ({feature_terms[0].kind}) compares layer "
+                "activations; it needs a live teacher model"
+            )
+        loss, values = feature_loss(
+            feature_terms,
+            features.specs,
+            select_rows(caught, inputs.select),
+            signal.features,
+            features.projections,
+            normalizer,
+        )
+        outs.append(LossOutput(loss=loss, terms=values, stats={}))
     out = outs[0] if len(outs) == 1 else merge_outputs(outs)
     out.stats.setdefault("tokens", inputs.select.sum().float())
     return out
@@ -309,8 +341,10 @@ def merge_outputs(outs: list[LossOutput]) -> LossOutput:
 
 
 def family(kind: str) -> str:
-    """`aligned` for the registry's cross-tokenizer kinds, `vocabulary` for the rest."""
-    return "aligned" if registry.get(kind).family == "cross" else "vocabulary"
+    """`aligned` for the registry's cross-tokenizer kinds, `feature` for layer-activation
+    kinds, `vocabulary` for the rest."""
+    found = registry.get(kind).family
+    return {"cross": "aligned", "feature": "feature"}.get(found, "vocabulary")
 
 
 def _global(accelerator: Accelerator, value: float) -> torch.Tensor:
