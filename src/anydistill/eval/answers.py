@@ -29,7 +29,13 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["extract_answer", "normalize_number", "answers_match", "normalize_expression"]
+__all__ = [
+    "extract_answer",
+    "normalize_number",
+    "answers_match",
+    "normalize_expression",
+    "too_large_to_evaluate",
+]
 
 # A number as written in solutions: optional sign, thousands groups or plain digits,
 # optional decimals. Thousands groups are tried first so "1,234" is one number.
@@ -759,6 +765,19 @@ def _digits_bound(expr: Any, depth: int = 0) -> float:
     if bound > _MAX_DIGITS:
         raise OverflowError("value too large")
     return bound
+
+
+def too_large_to_evaluate(expr: Any) -> bool:
+    """True when evaluating the sympy `expr` could stall (``9^{9^{9^9}}``, ``(10^{10})!``).
+
+    For answers another parser produced (`anydistill.traces.verify` screens math-verify's
+    parses with it where math-verify's SIGALRM timeout cannot run: outside the main thread).
+    """
+    try:
+        _digits_bound(expr)
+    except (OverflowError, AttributeError, TypeError, ValueError):
+        return True  # not a sympy expression we can bound: do not evaluate it either
+    return False
 
 
 def _values(expr: Any, symbols: list[Any]) -> list[tuple[Any, Any]] | None:
