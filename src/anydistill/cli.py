@@ -82,6 +82,27 @@ def cache(
     typer.echo(f"teacher cache: {manifest.parent}")
 
 
+@app.command()
+def prune(
+    config: Annotated[
+        Path, typer.Argument(help="YAML recipe: its teacher, data and student.from_teacher.prune")
+    ],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides")] = None,
+    out: Annotated[Path, typer.Option(help="directory for the pruned model")] = Path("pruned"),
+) -> None:
+    """Prune the recipe's teacher (Minitron: importances from its data) without training."""
+    _quiet_libraries()
+    from anydistill.config import load_config
+    from anydistill.train.prune import prune_to_dir
+
+    try:
+        cfg = load_config(config, overrides or [])
+        saved = prune_to_dir(cfg, out)
+    except AnydistillError as err:
+        _fail(str(err))
+    typer.echo(f"pruned model: {saved}")
+
+
 @app.command("eval")
 def eval_cmd(
     run_dir: Annotated[Path, typer.Argument(help="a run directory made by `anydistill train`")],

@@ -30,10 +30,49 @@ class LoraConfig(Strict):
     target_modules: list[str] | str = "all-linear"
 
 
-class FromTeacher(Strict):
-    """Build the student from the teacher by keeping these decoder layers (weights copied)."""
+PRUNE_SIZES = (
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "num_hidden_layers",
+    "params",
+)
 
-    layers: list[int] = Field(min_length=1)
+
+class PruneConfig(Strict):
+    """Minitron pruning (anydistill.models.prune): the student's shape, any subset of the sizes,
+    or a total parameter budget; importances from `calibration` training sequences."""
+
+    hidden_size: int | None = Field(None, ge=1)
+    intermediate_size: int | None = Field(None, ge=1)
+    num_attention_heads: int | None = Field(None, ge=1)
+    num_key_value_heads: int | None = Field(None, ge=1)
+    num_hidden_layers: int | None = Field(None, ge=1)
+    params: float | None = Field(None, gt=0)
+    depth_metric: Literal["cosine", "loss"] = "cosine"  # loss: the LM-loss rise per dropped block
+    calibration: int = Field(64, ge=1)  # sequences of the recipe's training data
+    batch_size: int = Field(8, ge=1)
+
+    @model_validator(mode="after")
+    def _some_target(self) -> PruneConfig:
+        if all(getattr(self, k) is None for k in PRUNE_SIZES):
+            raise ValueError(f"give the student's shape: one or more of {', '.join(PRUNE_SIZES)}")
+        return self
+
+
+class FromTeacher(Strict):
+    """Build the student from the teacher: keep these decoder layers (`layers`, weights copied)
+    or prune it to a shape (`prune`)."""
+
+    layers: list[int] | None = Field(None, min_length=1)
+    prune: PruneConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_way(self) -> FromTeacher:
+        if (self.layers is None) == (self.prune is None):
+            raise ValueError("give exactly one of `layers` (keep those layers) or `prune`")
+        return self
 
 
 class ModelConfig(Strict):

@@ -44,6 +44,7 @@ RUN_ENTRIES = frozenset(
         "plots",
         "tensorboard",
         "speculate.json",
+        "pruned",
     }
 )
 # What a rerun of a run without checkpoints keeps: remaking them costs real time.

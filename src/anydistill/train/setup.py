@@ -79,13 +79,17 @@ def build_parts(cfg: RunConfig, run_dir: Path, device: torch.device) -> RunParts
     t_vocab, vocab = real_vocab_size(teacher_tok), real_vocab_size(student_tok)
     teacher = _teacher(cfg, t_vocab, device, align)
     model = getattr(teacher, "model", None)
-    if cfg.student.from_teacher is not None:
+    data = prepare_examples(raw, teacher_tok, student_tok, cfg, align)
+    source = cfg.student.from_teacher
+    if source is not None and source.prune is not None:
         assert model is not None
-        student = student_from_teacher(model, cfg.student.from_teacher.layers).to(device)
+        student = _pruned(source.prune, model, data.train, teacher_tok, run_dir, device)
+    elif source is not None and source.layers is not None:
+        assert model is not None
+        student = student_from_teacher(model, source.layers).to(device)
     else:
         student = load_model(cfg.student, "student", vocab, device, frozen=False, seed=seed + 2)
     student = finish_student(cfg, student, model, device)
-    data = prepare_examples(raw, teacher_tok, student_tok, cfg, align)
     if teacher is not None and teacher.kind == "cache":
         from anydistill.teachers.cache.keys import example_key
 
@@ -102,6 +106,29 @@ def build_parts(cfg: RunConfig, run_dir: Path, device: torch.device) -> RunParts
         aligned_params=aligned_params(cfg, teacher_tok, student_tok) if align else {},
         features=feature_plan(cfg, student, model),
     )
+
+
+def _pruned(
+    prune: Any,
+    teacher: torch.nn.Module,
+    examples: list,
+    tokenizer: PreTrainedTokenizerBase,
+    run_dir: Path,
+    device: torch.device,
+) -> torch.nn.Module:
+    """The teacher pruned to `student.from_teacher.prune`; the plan is told before any weight
+    moves and kept, with the importances, in `pruned/`."""
+    import sys
+
+    from anydistill.train.prune import calibration_batches, pruned_student, write_records
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    batches = calibration_batches(examples, prune.calibration, prune.batch_size, pad, device)
+    student, plan, importance = pruned_student(
+        teacher, prune, batches, say=lambda text: print(text, file=sys.stderr)
+    )
+    write_records(run_dir / "pruned", plan, importance)
+    return student.to(device)
 
 
 def _teacher(cfg: RunConfig, vocab: int, device: torch.device, align: bool) -> Any:
