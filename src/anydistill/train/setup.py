@@ -83,7 +83,9 @@ def build_parts(cfg: RunConfig, run_dir: Path, device: torch.device) -> RunParts
     source = cfg.student.from_teacher
     if source is not None and source.prune is not None:
         assert model is not None
-        student = _pruned(source.prune, model, data.train, teacher_tok, run_dir, device)
+        student = _pruned(
+            source.prune, model, data.train, teacher_tok, run_dir, device, cfg.train.progress
+        )
     elif source is not None and source.layers is not None:
         assert model is not None
         student = student_from_teacher(model, source.layers).to(device)
@@ -115,6 +117,7 @@ def _pruned(
     tokenizer: PreTrainedTokenizerBase,
     run_dir: Path,
     device: torch.device,
+    progress: bool = False,
 ) -> torch.nn.Module:
     """The teacher pruned to `student.from_teacher.prune`; the plan is told before any weight
     moves and kept, with the importances, in `pruned/`."""
@@ -125,7 +128,7 @@ def _pruned(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     batches = calibration_batches(examples, prune.calibration, prune.batch_size, pad, device)
     student, plan, importance = pruned_student(
-        teacher, prune, batches, say=lambda text: print(text, file=sys.stderr)
+        teacher, prune, batches, say=lambda text: print(text, file=sys.stderr), progress=progress
     )
     write_records(run_dir / "pruned", plan, importance)
     return student.to(device)
