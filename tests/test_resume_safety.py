@@ -299,7 +299,15 @@ def test_shipped_recipes_restart_after_a_kill_before_their_first_checkpoint(
             changes["source__generation"] = {"max_new_tokens": 8, "batch_size": 16}
         if name == "drafter_adaspec":  # its reference: a drafter run made first
             changes["objective__token_selection"] = {"reference": str(reference), "keep": 0.4}
+        if name == "redi":  # it trains on verified traces: a file written here
+            changes["data__path"] = str(traces)
         return config_from_dict(tiny_recipe(name, **changes))
+
+    traces = tmp_path / "traces.jsonl"
+    if name == "redi":
+        from test_redi import write_traces
+
+        write_traces(traces)
 
     reference = tmp_path / "reference"
     if name == "drafter_adaspec":

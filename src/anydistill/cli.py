@@ -83,6 +83,32 @@ def cache(
 
 
 @app.command()
+def generate(
+    config: Annotated[Path, typer.Argument(help="YAML recipe: its data, teacher and generate")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides")] = None,
+    out: Annotated[
+        Path, typer.Option(help="folder for traces.jsonl and its card (or to finish)")
+    ] = Path("traces"),
+) -> None:
+    """Sample reasoning traces from the teacher, verify, filter, deduplicate, decontaminate."""
+    _quiet_libraries()
+    from anydistill.config import load_config
+    from anydistill.traces.pipeline import generate_traces
+
+    try:
+        cfg = load_config(config, overrides or [])
+        made = generate_traces(cfg, out)
+    except AnydistillError as err:
+        _fail(str(err))
+    except KeyboardInterrupt:
+        typer.echo(f"stopped: the finished chunks are kept in {out}; rerun to continue", err=True)
+        raise typer.Exit(130) from None
+    typer.echo(
+        f"traces: {made.traces} ({made.rows} rows, {made.prompts} prompts; card.md beside it)"
+    )
+
+
+@app.command()
 def prune(
     config: Annotated[
         Path, typer.Argument(help="YAML recipe: its teacher, data and student.from_teacher.prune")

@@ -18,6 +18,7 @@ from anydistill.config.files import (
     parse_value,
     resolve_paths,
 )
+from anydistill.config.generate import TraceGenConfig
 from anydistill.config.schema import (
     DataConfig,
     EvalConfig,
@@ -72,6 +73,7 @@ __all__ = [
     "TermConfig",
     "TokenSelectionConfig",
     "TokenizerTrain",
+    "TraceGenConfig",
     "TrainConfig",
     "apply_overrides",
     "config_from_dict",

@@ -12,7 +12,8 @@ Families: `divergence` (a per-token function of the student's and the teacher's 
 the engine applies T and T**2), `ce` (hard labels), `contrastive` (DistiLLM-2, split by the
 step into skl/srkl halves), `cross` (cross-tokenizer terms on aligned chunks) and `feature`
 (a student layer's activations against a teacher layer's: hidden states, attention outputs or
-attention maps; a live teacher only).
+attention maps; a live teacher only) and `sequence` (whole completions of the student alone:
+REDI's correct/incorrect trace pairs; reads no teacher).
 
 Teacher kinds: `live` (a teacher model: full logits), `cache` (an offline top-k cache) and
 `aligned` (a teacher on another tokenizer, chunk by chunk). List `cache` for a divergence only
@@ -26,8 +27,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Family = Literal["divergence", "ce", "contrastive", "cross", "feature"]
-FAMILIES = ("divergence", "ce", "contrastive", "cross", "feature")
+Family = Literal["divergence", "ce", "contrastive", "cross", "feature", "sequence"]
+FAMILIES = ("divergence", "ce", "contrastive", "cross", "feature", "sequence")
 ENGINES = ("naive", "torch", "triton")
 TEACHERS = ("live", "cache", "aligned")
 # A term's parameters by their recipe name -> the `ActiveTerm` field (and math keyword).
@@ -47,7 +48,8 @@ class TermKind:
     summary: str  # one line, for people
     # divergence: per-token `[N]` from (student_logp, teacher_logp, **its params but T);
     # cross: the term's loss over aligned chunks; feature: per-row `[N]` from the student's
-    # and the teacher's activations; None for ce and contrastive.
+    # and the teacher's activations; sequence: the term's loss over whole completions (see
+    # losses/redi.py); None for ce and contrastive.
     math: Callable[..., Any] | None = None
     params: tuple[str, ...] = ("temperature",)  # keys of PARAMETERS it reads
     options: tuple[str, ...] = ()  # cross terms: the keys their `options:` accept
@@ -63,7 +65,7 @@ class TermKind:
     @property
     def needs(self) -> str:
         """What it needs from the teacher: logits, sparse-ok, aligned chunks or nothing."""
-        if self.family == "ce":
+        if self.family in ("ce", "sequence"):
             return "nothing"
         if self.family == "cross":
             return "aligned chunks"
@@ -93,7 +95,7 @@ def _check(kind: TermKind) -> None:
 def register(kind: TermKind) -> TermKind:
     """Add a kind, math included (its name must be new); `unregister` removes it."""
     _check(kind)
-    if kind.family in ("divergence", "cross", "feature") and kind.math is None:
+    if kind.family in ("divergence", "cross", "feature", "sequence") and kind.math is None:
         raise ValueError(f"term kind {kind.name!r} needs its math")
     TERMS[kind.name] = kind
     return kind
@@ -184,6 +186,11 @@ for _kind in (
         "attention", "feature",
         "attention outputs (MSE or cosine) or MiniLM attention maps (KL) of matched layers",
         params=(), options=("layers", "target", "loss"), engines=(), teachers=("live",),
+    ),
+    TermKind(
+        "redi", "sequence",
+        "REDI: -log p(correct)/len + alpha log p(incorrect)/len per trace pair (alpha 0.8)",
+        params=("alpha",), engines=(), teachers=("live", "cache", "aligned"),
     ),
 ):  # fmt: skip
     _check(_kind)

@@ -14,6 +14,7 @@ from pydantic import (
 
 from anydistill.config import kinds
 from anydistill.config.base import Strict
+from anydistill.config.generate import TraceGenConfig
 from anydistill.config.terms import ObjectiveConfig
 
 
@@ -167,7 +168,13 @@ class SourceConfig(Strict):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
     kind: Literal[
-        "dataset", "teacher_generated", "student_generated", "mixture", "adaptive_replay", "paired"
+        "dataset",
+        "teacher_generated",
+        "student_generated",
+        "mixture",
+        "adaptive_replay",
+        "paired",
+        "paired_traces",
     ] = "dataset"
     mode: Literal["upfront", "on_the_fly"] = "upfront"
     lambda_: float = Field(0.5, ge=0.0, le=1.0, alias="lambda")
@@ -185,7 +192,8 @@ class SourceConfig(Strict):
         )
 
     def generates(self) -> bool:
-        return self.kind != "dataset"
+        """True when the source samples completions (`paired_traces` reads the dataset's)."""
+        return self.kind not in ("dataset", "paired_traces")
 
     def uses_dataset_completions(self) -> bool:
         """False when every training completion is generated (the data need only prompts)."""
@@ -256,6 +264,7 @@ class RunConfig(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    generate: TraceGenConfig | None = None  # `anydistill generate` (traces)
 
     @model_validator(mode="after")
     def _combinations(self) -> RunConfig:
@@ -380,6 +389,7 @@ class RunConfig(Strict):
                 "source.kind: `paired` feeds the `contrastive` objective term; add one to "
                 "objective.terms or choose another source"
             )
+        self._check_traces()
         if src.generates() and self.teacher.kind == "cache":
             raise ValueError(
                 f"source.kind: `{src.kind}` makes new sequences that a teacher cache does not "
@@ -397,3 +407,40 @@ class RunConfig(Strict):
             )
         if src.kind == "adaptive_replay" and src.replay.init_prob > src.replay.max_prob:
             raise ValueError("source.replay.init_prob must not exceed source.replay.max_prob")
+
+    def _check_traces(self) -> None:
+        """REDI (`redi`) and the source of its pairs (`paired_traces`) come together."""
+        redi = any(kinds.get(t.kind).family == "sequence" for t in self.objective.terms)
+        kind = self.source.kind
+        if redi and kind != "paired_traces":
+            raise ValueError(
+                "source.kind: a `redi` objective term needs a correct and an incorrect trace "
+                "of each prompt in one batch; set source.kind=paired_traces"
+            )
+        if kind != "paired_traces":
+            return
+        if not redi:
+            raise ValueError(
+                "source.kind: `paired_traces` feeds the `redi` objective term; add one to "
+                "objective.terms or choose another source"
+            )
+        if self.data.synthetic is not None:
+            raise ValueError(
+                "data.synthetic: source.kind paired_traces reads the `verified` column "
+                "(correct / incorrect) of traces, which the built-in corpus lacks; point "
+                "data.path at traces such as `anydistill generate` writes"
+            )
+        if self.data.mode in ("text", "messages"):
+            raise ValueError(
+                f"data.mode: source.kind paired_traces groups traces by their prompt, which "
+                f"{self.data.mode} data does not have; give prompt/completion data (mode auto "
+                "or prompt_completion)"
+            )
+        if self.teacher.kind == "cache" and any(
+            kinds.needs_teacher(t.kind) for t in self.objective.terms
+        ):
+            raise ValueError(
+                "teacher.kind: with source.kind paired_traces the other terms read the correct "
+                "traces only, which a teacher cache does not key; use a teacher model "
+                "(teacher.path or teacher.init) or drop the terms that read the teacher"
+            )

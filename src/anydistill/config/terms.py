@@ -32,6 +32,7 @@ SOURCE_KINDS = (
     "mixture",
     "adaptive_replay",
     "paired",
+    "paired_traces",
 )
 
 
@@ -142,7 +143,7 @@ class TermConfig(Strict):
     weight: float = Field(1.0, ge=0.0)
     temperature: float = Field(1.0, gt=0.0)  # alm: the binarisation tau, default 100
     beta: float = Field(0.5, ge=0.0, le=1.0)
-    alpha: float = Field(0.1, ge=0.0, le=1.0)
+    alpha: float = Field(0.1, ge=0.0, le=1.0)  # redi: default 0.8
     schedule: ScheduleConfig | None = None
     taid: TaidConfig | None = None
     options: dict[str, Any] | None = None  # cross-tokenizer and feature terms only
@@ -160,6 +161,8 @@ class TermConfig(Strict):
     def _alm_tau(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("kind") == "alm" and "temperature" not in data:
             data = {**data, "temperature": 100.0}  # the ALM paper's tau
+        if isinstance(data, dict) and data.get("kind") == "redi" and "alpha" not in data:
+            data = {**data, "alpha": 0.8}  # REDI's weight on the incorrect trace (the paper's)
         return data
 
     @model_validator(mode="after")

@@ -2,9 +2,10 @@
 when the teacher reads another tokenizer, the aligned teacher side.
 
 A source yields either a padded dict (`input_ids`, `attention_mask`, `loss_mask`, and for
-paired batches `teacher_rows`) or `CrossTokens` (both tokenizations of the same texts, with
-their chunks). `step_inputs` turns either into one `StepInputs`, so the training step, the
-evaluators and the cache writer never ask which one they got.
+paired batches `teacher_rows`, for trace pairs `pair_role`) or `CrossTokens` (both
+tokenizations of the same texts, with their chunks). `step_inputs` turns either into one
+`StepInputs`, so the training step, the evaluators and the cache writer never ask which one
+they got.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ class StepInputs:
     labels: torch.Tensor  # [N] the target tokens of the selected positions
     teacher_rows: torch.Tensor | None = None  # [N] bool: token is in a teacher response
     aligned: CrossTokens | None = None  # the teacher's own tokens and the shared chunks
+    # Trace pairs (source `paired_traces`): each row's role, +1 a correct completion, -1 an
+    # incorrect one (0 neither), and every completion's targets `[B, T-1]`. `select` then
+    # holds the correct completions' only: every other term trains on those alone.
+    pair_role: torch.Tensor | None = None
+    pair_select: torch.Tensor | None = None
 
 
 def step_inputs(batch: Batch, device: torch.device) -> StepInputs:
@@ -40,6 +46,13 @@ def step_inputs(batch: Batch, device: torch.device) -> StepInputs:
     rows = None
     if flags is not None:
         rows = flags.to(device)[:, None].expand_as(select)[select]
+    role = batch.get("pair_role")
+    if role is not None:
+        role, every = role.to(device), select
+        select = every & (role >= 0)[:, None]
+        return StepInputs(
+            ids, mask, select, ids[:, 1:][select], rows, pair_role=role, pair_select=every
+        )
     return StepInputs(ids, mask, select, ids[:, 1:][select], rows)
 
 
@@ -58,4 +71,14 @@ def target_count(batch: Batch) -> int:
     """How many positions of `batch` predict a target token (the step's token normalizer)."""
     if isinstance(batch, CrossTokens):
         return int(batch.student_ce.sum())
-    return int(batch["loss_mask"][:, 1:].sum())
+    select = batch["loss_mask"][:, 1:]
+    role = batch.get("pair_role")
+    if role is not None:  # trace pairs: the other terms read the correct completions only
+        select = select & (role >= 0)[:, None]
+    return int(select.sum())
+
+
+def pair_count(batch: Batch) -> int:
+    """How many correct/incorrect trace pairs `batch` holds (REDI's normalizer)."""
+    role = None if isinstance(batch, CrossTokens) else batch.get("pair_role")
+    return 0 if role is None else int((role > 0).sum())

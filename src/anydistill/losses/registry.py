@@ -171,6 +171,13 @@ def _taid_kernel(term: ActiveTerm) -> KernelNumbers:
     return kernel.TAID, term.taid_t, 0.0, 0.0
 
 
+def _redi(*args: Any, **kwargs: Any) -> Any:
+    """REDI's loss (`losses/redi.py`), imported on first use (it imports the engine)."""
+    from anydistill.losses.redi import redi_loss
+
+    return redi_loss(*args, **kwargs)
+
+
 def _cross(name: str) -> Callable[..., Any]:
     """The cross term's loss, imported on first use (it pulls in data/ and align/)."""
 
@@ -194,6 +201,7 @@ for _name, _math, _kernel in (
     *((name, _cross(name), None) for name in names("cross")),
     ("hidden", feature_term, None),
     ("attention", feature_term, None),
+    ("redi", _redi, None),
 ):
     TERMS[_name] = replace(TERMS[_name], math=_math, kernel=_kernel)
 del _name, _math, _kernel

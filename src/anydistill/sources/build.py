@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +18,13 @@ from anydistill.sources.base import GeneratedSource, Source
 from anydistill.sources.completer import Completer
 from anydistill.sources.mixture import LambdaSampler, MixtureSource
 from anydistill.sources.paired import PairedSource
+from anydistill.sources.paired_traces import PairedTracesSource, make_pairs, trace_rows
 from anydistill.sources.prompts import require_prompts
 from anydistill.sources.replay import AdaptiveProbability, ReplayBuffer, ReplaySource
 from anydistill.sources.rng import SourceRng
 from anydistill.sources.upfront import fingerprint, generate_upfront
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -93,6 +97,8 @@ def build_source(parts: SourceParts, mode: str) -> Source:
     require_prompts(src.kind, mode)
     if src.kind == "dataset":
         return Source(parts.stream(parts.examples), parts.pad_id, [], parts.collator)
+    if src.kind == "paired_traces":
+        return _paired_traces(parts, mode)
     upfront = src.teacher_generates() and src.mode == "upfront"
     examples, upfront_s = _upfront_examples(parts) if upfront else (parts.examples, 0.0)
     stream = parts.stream(examples)
@@ -100,6 +106,20 @@ def build_source(parts: SourceParts, mode: str) -> Source:
     source = _assemble(parts, stream, teacher)
     source.upfront_s = upfront_s
     return source
+
+
+def _paired_traces(parts: SourceParts, mode: str) -> Source:
+    """REDI's pairs: the training rows' `verified` verdicts, one pair per prompt."""
+    cfg, t = parts.cfg, parts.cfg.train
+    keys, codes = trace_rows(cfg.data, t.seed, parts.tokenizer, parts.examples, mode)
+    pairing = make_pairs(keys, codes, t.seed)
+    if parts.rank == 0:
+        left = pairing.prompts - len(pairing.pairs)
+        (log.warning if left or pairing.unverified else log.info)(pairing.describe())
+    return PairedTracesSource(
+        parts.examples, pairing, t.micro_batch_size, t.seed, parts.pad_id,
+        rank=parts.rank, world_size=parts.world_size, where=f"data.path: {cfg.data.path}",
+    )  # fmt: skip
 
 
 def _assemble(parts: SourceParts, stream: BatchStream, teacher: Completer | None) -> Source:

@@ -40,6 +40,7 @@ CHANGEABLE = (
     "train.gradient_checkpointing",
     "eval.",
     "output.",
+    "generate.",  # read by `anydistill generate`, not by training
 )
 
 # Changes that say how this invocation runs, not what the run is: saved, never logged.

@@ -16,6 +16,10 @@ the gradient of one big batch.
 
 A paired batch (source `paired`) carries `teacher_rows`; with a `contrastive` term the engine
 then runs twice over the same hidden states, once per half (see `split_contrastive`).
+
+A batch of trace pairs (source `paired_traces`) carries `pair_role`: the sequence term `redi`
+reads every completion and is divided by the step's global pair count; every other term reads
+the correct completions only (`StepInputs.select`), divided by their target tokens.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from anydistill.data.views import Batch, StepInputs, step_inputs, target_count
+from anydistill.data.views import Batch, StepInputs, pair_count, step_inputs, target_count
 from anydistill.errors import TrainingError
 from anydistill.losses import registry
 from anydistill.losses.engine import LossOutput, SparseTeacher, TeacherSignal, distill_loss
@@ -76,7 +80,10 @@ def train_step(parts: StepParts, step: int, batches: list[Batch], terms: list) -
     acc = parts.accelerator
     tokens = _global(acc, sum(target_count(b) for b in batches))
     units = aligned_units(acc, batches, terms)
-    result = accumulate(parts, batches, terms, tokens, units)
+    pairs = None
+    if any(family(t.kind) == "sequence" for t in terms):
+        pairs = _global(acc, sum(pair_count(b) for b in batches))
+    result = accumulate(parts, batches, terms, tokens, units, pairs)
     result.tokens = int(tokens.item())
     if not math.isfinite(result.loss):
         raise TrainingError(nan_message(step + 1, result.loss, result.terms))
@@ -108,6 +115,7 @@ def accumulate(
     terms: list,
     tokens: torch.Tensor,
     units: dict[str, torch.Tensor],
+    pairs: torch.Tensor | None = None,
 ) -> StepResult:
     """Backward of each micro-batch's loss (gradient sync on the last only), the rank-summed
     loss, terms and stats, and the clipped gradient norm."""
@@ -135,6 +143,7 @@ def accumulate(
                 parts.aligned_params,
                 units,
                 parts.features,
+                pairs,
             )
             acc.backward(out.loss * scale)
         total += out.loss.detach()
@@ -173,11 +182,13 @@ def micro_batch_loss(
     aligned_params: dict[str, dict] | None = None,
     units: dict[str, torch.Tensor] | None = None,
     features: FeaturePlan | None = None,
+    pairs: torch.Tensor | None = None,
 ) -> LossOutput:
     """The weighted loss of one micro-batch. `student` is the (possibly DDP-wrapped)
     HiddenStates module; `teacher` a teachers.Teacher (a bare model is taken as a live one),
     asked once for what the terms need; `normalizer` the step's global target tokens and
-    `units` each aligned term's global units; `features` the feature terms' plan."""
+    `units` each aligned term's global units; `features` the feature terms' plan; `pairs`
+    the step's global count of trace pairs (sequence terms)."""
     teacher = as_teacher(teacher)
     feature_terms = [t for t in terms if family(t.kind) == "feature"]
     if feature_terms and features is None:
@@ -231,6 +242,11 @@ def micro_batch_loss(
             normalizer,
         )
         outs.append(LossOutput(loss=loss, terms=values, stats={}))
+    sequence_terms = [t for t in terms if family(t.kind) == "sequence"]
+    if sequence_terms:
+        outs.append(
+            sequence_loss(student, hidden, inputs, sequence_terms, vocab_size, pairs, chunk_size)
+        )
     out = outs[0] if len(outs) == 1 else merge_outputs(outs)
     out.stats.setdefault("tokens", inputs.select.sum().float())
     return out
@@ -325,6 +341,44 @@ def aligned_loss(
     return LossOutput(loss=loss, terms=values, stats={"chunks": chunks})
 
 
+def sequence_loss(
+    student: torch.nn.Module,
+    hidden: torch.Tensor,
+    inputs: StepInputs,
+    terms: list[ActiveTerm],
+    vocab_size: int,
+    pairs: torch.Tensor | None,
+    chunk_size: int | None,
+) -> LossOutput:
+    """REDI over every completion of a batch of trace pairs, divided by the step's global pair
+    count; also logs `<name>/correct` and `<name>/incorrect`, the mean per-token log-prob of
+    each side. A zero-weight term is computed without gradient and logged."""
+    if inputs.pair_role is None or inputs.pair_select is None:
+        raise TrainingError(
+            f"term {terms[0].name!r} ({terms[0].kind}) scores a correct and an incorrect trace "
+            "of each prompt; it needs batches from source.kind paired_traces"
+        )
+    every = inputs.pair_select
+    row_of = torch.arange(every.shape[0], device=every.device)[:, None].expand_as(every)[every]
+    rows, labels = hidden[:, :-1][every], inputs.input_ids[:, 1:][every]
+    count = pairs if pairs is not None else torch.tensor(float((inputs.pair_role > 0).sum()))
+    loss = hidden.new_zeros((), dtype=torch.float32)
+    values: dict[str, torch.Tensor] = {}
+    for term in terms:
+        grad = contextlib.nullcontext() if term.weight > 0 else torch.no_grad()
+        with grad:
+            out = registry.get(term.kind).math(
+                rows, output_head(student), labels, row_of, inputs.pair_role, term.alpha,
+                count, vocab_size, chunk_size,
+            )  # fmt: skip
+        if term.weight > 0:
+            loss = loss + term.weight * out.value
+        values[term.name] = out.value.detach()
+        values[f"{term.name}/correct"] = out.correct
+        values[f"{term.name}/incorrect"] = out.incorrect
+    return LossOutput(loss=loss, terms=values, stats={})
+
+
 def merge_outputs(outs: list[LossOutput]) -> LossOutput:
     """Sum outputs over disjoint row sets or disjoint term sets."""
 
@@ -342,9 +396,10 @@ def merge_outputs(outs: list[LossOutput]) -> LossOutput:
 
 def family(kind: str) -> str:
     """`aligned` for the registry's cross-tokenizer kinds, `feature` for layer-activation
-    kinds, `vocabulary` for the rest."""
+    kinds, `sequence` for whole-completion kinds (redi), `vocabulary` for the rest."""
     found = registry.get(kind).family
-    return {"cross": "aligned", "feature": "feature"}.get(found, "vocabulary")
+    mapping = {"cross": "aligned", "feature": "feature", "sequence": "sequence"}
+    return mapping.get(found, "vocabulary")
 
 
 def _global(accelerator: Accelerator, value: float) -> torch.Tensor:
