@@ -23,6 +23,28 @@ if not os.environ.get("CUDA_VISIBLE_DEVICES") and not Path("/dev/nvidia0").exist
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "tiny"
 
+# The files whose tests take longest, slowest first. `make test` hands whole files to its
+# workers in collection order; one of these started last would run alone at the end.
+SLOW_FIRST = (
+    "test_demo.py",
+    "test_ddp.py",
+    "test_cache.py",
+    "test_train_options.py",
+    "test_gpu_check.py",
+    "test_zero_weight_invariance.py",
+    "test_traces_cli.py",
+    "test_prune_recipes.py",
+    "test_feature_terms.py",
+    "test_resume_safety.py",
+    "test_run_dir_safety.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Known-slow files first (stable otherwise), so parallel workers finish together."""
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))
+
 
 def train_rows(run_dir: Path) -> list[dict]:
     """The `kind: train` rows of a run's metrics.jsonl."""
