@@ -35,11 +35,13 @@ demo-fast: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
-# One pytest worker per core (pytest-xdist), a test file per worker at a time so module
-# fixtures are built once; the 15 slowest tests are printed at the end of every run.
+# One pytest worker per core (pytest-xdist). worksteal: each worker starts on its half of the
+# collection (the slowest files first, tests/conftest.py) and takes work from the other when
+# idle; loadfile sorted whole files largest-first, which left the two-test demo file alone at
+# the end. The 15 slowest tests are printed at the end of every run.
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -n auto --dist loadfile
+	$(PY) -m pytest -n auto --dist worksteal
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

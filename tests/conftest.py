@@ -23,8 +23,9 @@ if not os.environ.get("CUDA_VISIBLE_DEVICES") and not Path("/dev/nvidia0").exist
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "tiny"
 
-# The files whose tests take longest, slowest first. `make test` hands whole files to its
-# workers in collection order; one of these started last would run alone at the end.
+# The files whose tests take longest, slowest first. `make test` (xdist worksteal) gives each
+# worker a contiguous part of the collection; one of these started last would run alone at
+# the end.
 SLOW_FIRST = (
     "test_demo.py",
     "test_ddp.py",
