@@ -23,28 +23,45 @@ if not os.environ.get("CUDA_VISIBLE_DEVICES") and not Path("/dev/nvidia0").exist
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "tiny"
 
-# The files whose tests take longest, slowest first. `make test` (xdist worksteal) gives each
-# worker a contiguous part of the collection; one of these started last would run alone at
-# the end.
-SLOW_FIRST = (
-    "test_demo.py",
-    "test_ddp.py",
-    "test_cache.py",
-    "test_train_options.py",
-    "test_gpu_check.py",
-    "test_zero_weight_invariance.py",
-    "test_traces_cli.py",
-    "test_prune_recipes.py",
-    "test_feature_terms.py",
-    "test_resume_safety.py",
-    "test_run_dir_safety.py",
-)
+# Rough seconds of the slowest files on a shared 2-core machine. `make test` runs xdist's
+# worksteal: each of two workers starts on its half of the collection and an idle one takes
+# the tail of the other's queue. Each half therefore starts with an equal share of these, so
+# no slow file is left to run alone at the end.
+SLOW_FILES = {
+    "test_demo.py": 150,
+    "test_ddp.py": 75,
+    "test_train_options.py": 70,
+    "test_cache.py": 45,
+    "test_resume_safety.py": 45,
+    "test_gpu_check.py": 35,
+    "test_prune_recipes.py": 35,
+    "test_zero_weight_invariance.py": 30,
+    "test_run_dir_safety.py": 30,
+    "test_traces_cli.py": 25,
+    "test_feature_terms.py": 20,
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Known-slow files first (stable otherwise), so parallel workers finish together."""
-    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))
+    """Slow files split into two groups of about equal seconds, one at the start of each half
+    of the collection; everything else keeps its order."""
+    groups: tuple[list[str], list[str]] = ([], [])
+    load = [0, 0]
+    for name, seconds in sorted(SLOW_FILES.items(), key=lambda kv: -kv[1]):
+        side = 0 if load[0] <= load[1] else 1
+        groups[side].append(name)
+        load[side] += seconds
+
+    def of(group: list[str]) -> list[pytest.Item]:
+        return sorted(
+            (it for it in items if it.path.name in group),
+            key=lambda it: group.index(it.path.name),
+        )
+
+    first, second = of(groups[0]), of(groups[1])
+    rest = [it for it in items if it.path.name not in SLOW_FILES]
+    split = max(0, len(items) // 2 - len(first))
+    items[:] = first + rest[:split] + second + rest[split:]
 
 
 def train_rows(run_dir: Path) -> list[dict]:
