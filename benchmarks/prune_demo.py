@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM
 
+from anydistill.bench.machine import machine_info
 from anydistill.cli_common import quiet_libraries
 from anydistill.config import config_from_dict
 from anydistill.demo.run import FULL, _cached_teacher, _recipe, _write_data
@@ -48,7 +48,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 HIDDEN = {"kind": "hidden", "weight": 1.0, "options": {"layers": "auto", "loss": "cosine"}}
 
 
-def students(params: int, long_factor: int) -> dict[str, dict[str, Any]]:
+def students(long_factor: int) -> dict[str, dict[str, Any]]:
     """name -> (student section, extra terms, step factor)."""
     small = demo_llama_init((FULL.teacher_dims[0], 2, FULL.teacher_dims[2]), FULL.seq_len)
     depth = {"from_teacher": {"prune": {"num_hidden_layers": 2, "calibration": 64}}}
@@ -107,7 +107,7 @@ def main() -> None:
     teacher_dir = _cached_teacher(s, work / "data", work / "tokenizer", work, True, print)
     small = demo_llama_init((s.teacher_dims[0], 2, s.teacher_dims[2]), s.seq_len)
     params = parameter_count(small, s.vocab_size)
-    chosen = students(params, args.long_factor)
+    chosen = students(args.long_factor)
     if args.only:
         chosen = {k: v for k, v in chosen.items() if k in args.only.split(",")}
     results: dict[str, Any] = {}
@@ -132,12 +132,7 @@ def main() -> None:
     report = {
         "date": dt.date.today().isoformat(),
         "what": "pruned / copied / random students + KD at one step budget, demo task",
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
+        "machine": machine_info(torch.device("cpu")),
         "settings": {
             "demo": "full",
             "objective": "fkl, T=1 (+ hidden cosine, auto pairs, weight 1 where named)",

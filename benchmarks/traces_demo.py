@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any
 
 import torch
 
+from anydistill.bench.machine import machine_info
 from anydistill.cli_common import quiet_libraries
 from anydistill.config import config_from_dict
 from anydistill.demo.run import FULL, _cached_teacher, _recipe, _write_data
@@ -207,12 +207,7 @@ def main() -> None:
     report = {
         "date": dt.date.today().isoformat(),
         "what": "dataset KD vs SFT on all / verified traces vs verified + REDI, demo task",
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
+        "machine": machine_info(torch.device("cpu")),
         "settings": {
             "demo": "full",
             "steps": args.steps,
