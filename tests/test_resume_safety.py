@@ -281,7 +281,13 @@ class Killed(BaseException):
     """What kill -9 leaves: no handler runs, only the kernel releases the lock."""
 
 
-SHIPPED = sorted(p.stem for p in (Path(__file__).parents[1] / "recipes" / "tiny").glob("*.yaml"))
+# server.yaml needs a served teacher: test_server_teacher.py serves one, trains the recipe and
+# resumes a run the server broke.
+SHIPPED = sorted(
+    p.stem
+    for p in (Path(__file__).parents[1] / "recipes" / "tiny").glob("*.yaml")
+    if p.stem != "server"
+)
 
 
 @pytest.mark.parametrize("name", SHIPPED)

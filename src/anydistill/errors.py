@@ -20,5 +20,10 @@ class ModelError(AnydistillError):
     """A model or tokenizer cannot be loaded or does not fit the run."""
 
 
+class ServerError(ModelError):
+    """A served model (an OpenAI-compatible server) cannot be reached, refuses, times out,
+    or serves something other than the recipe asks for."""
+
+
 class TrainingError(AnydistillError):
     """Training hit a state it cannot continue from (e.g. a NaN loss)."""

@@ -126,10 +126,10 @@ def resolve_paths(cfg: RunConfig) -> RunConfig:
     """The config with every local path absolute, so that what a run saves in its
     config.yaml still finds the teacher, data and store from another working directory."""
     data = cfg.model_dump(mode="json", by_alias=True)
-    for side in ("teacher", "student"):
-        data[side]["path"] = _local(data[side]["path"])
-        if isinstance(data[side]["tokenizer"], str):
-            data[side]["tokenizer"] = _local(data[side]["tokenizer"])
+    for section in [data["teacher"], data["student"], *(data.get("teachers") or [])]:
+        section["path"] = _local(section["path"])
+        if isinstance(section["tokenizer"], str):
+            section["tokenizer"] = _local(section["tokenizer"])
     for key in ("path", "eval_path"):
         data["data"][key] = _local(data["data"][key])
     data["source"]["store"] = _local(data["source"]["store"])

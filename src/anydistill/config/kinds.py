@@ -15,10 +15,12 @@ step into skl/srkl halves), `cross` (cross-tokenizer terms on aligned chunks) an
 attention maps; a live teacher only) and `sequence` (whole completions of the student alone:
 REDI's correct/incorrect trace pairs; reads no teacher).
 
-Teacher kinds: `live` (a teacher model: full logits), `cache` (an offline top-k cache) and
-`aligned` (a teacher on another tokenizer, chunk by chunk). List `cache` for a divergence only
-if it is exact on the cache's k + 1 outcomes (`losses/sparse.py`): with a `renorm` tail, off
-the top-k it must depend on the student only through its total mass there (f-divergences do).
+Teacher kinds: `live` (a teacher model: full logits), `cache` (an offline top-k cache),
+`server` (a served model's top-k log-probs: the cache's signal, so it serves what `cache`
+serves, see `serves`) and `aligned` (a teacher on another tokenizer, chunk by chunk). List
+`cache` for a divergence only if it is exact on the cache's k + 1 outcomes
+(`losses/sparse.py`): with a `renorm` tail, off the top-k it must depend on the student only
+through its total mass there (f-divergences do).
 """
 
 from __future__ import annotations
@@ -30,7 +32,10 @@ from typing import Any, Literal
 Family = Literal["divergence", "ce", "contrastive", "cross", "feature", "sequence"]
 FAMILIES = ("divergence", "ce", "contrastive", "cross", "feature", "sequence")
 ENGINES = ("naive", "torch", "triton")
-TEACHERS = ("live", "cache", "aligned")
+TEACHERS = ("live", "cache", "server", "aligned")
+# A teacher kind that gives another kind's signal serves the same terms: a server's top-k
+# log-probs are the cache's `SparseTeacher`, so it serves what `cache` serves.
+SAME_SIGNAL = {"server": "cache"}
 # A term's parameters by their recipe name -> the `ActiveTerm` field (and math keyword).
 PARAMETERS = {"temperature": "temperature", "beta": "beta", "alpha": "alpha", "taid": "taid_t"}
 
@@ -117,6 +122,12 @@ def get(name: str) -> TermKind:
     if kind is None:
         raise ValueError(f"unknown term kind {name!r}; choose one of {', '.join(names())}")
     return kind
+
+
+def serves(teacher: str, name: str) -> bool:
+    """Whether teacher kind `teacher` (live, cache, server, aligned) can serve term `name`."""
+    listed = get(name).teachers
+    return teacher in listed or SAME_SIGNAL.get(teacher) in listed
 
 
 def needs_teacher(name: str) -> bool:

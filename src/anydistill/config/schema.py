@@ -76,14 +76,29 @@ class FromTeacher(Strict):
         return self
 
 
+# A `kind: server` teacher's own keys (None elsewhere); their defaults are SERVER_DEFAULTS.
+SERVER_FIELDS = ("url", "model", "top_k", "timeout", "retries", "max_concurrency", "api_key_env")
+SERVER_DEFAULTS = {"top_k": 20, "timeout": 300.0, "retries": 3, "max_concurrency": 16}
+
+
 class ModelConfig(Strict):
     """Where a model comes from: exactly one of `path` (hub id or local dir), `init`
     (a transformers config dict, random weights) or, for the student, `from_teacher`.
     A teacher with `kind: cache` is an offline cache directory (`path`) instead of a model;
-    `tail` says how its top-k is completed (see anydistill.losses.sparse)."""
+    `tail` says how its top-k is completed (see anydistill.losses.sparse). A teacher with
+    `kind: server` is a model served by vLLM at `url` under the name `model`, asked for its
+    `top_k` log-probs of every token (anydistill.teachers.server); its tokenizer is
+    `tokenizer`, else `model` read as a hub id or local path."""
 
-    kind: Literal["model", "cache"] = "model"
+    kind: Literal["model", "cache", "server"] = "model"
     tail: Literal["bucket", "renorm"] = "bucket"
+    url: str | None = None
+    model: str | None = Field(None, min_length=1)
+    top_k: int | None = Field(None, ge=1)  # default 20, vLLM's default --max-logprobs
+    timeout: float | None = Field(None, gt=0.0)  # seconds per request; default 300
+    retries: int | None = Field(None, ge=0)  # default 3
+    max_concurrency: int | None = Field(None, ge=1)  # requests in flight; default 16
+    api_key_env: str | None = None  # the variable holding the key, never the key
     path: str | None = None
     init: dict[str, Any] | None = None
     from_teacher: FromTeacher | None = None
@@ -96,6 +111,14 @@ class ModelConfig(Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
+        given = [k for k in SERVER_FIELDS if getattr(self, k) is not None]
+        if self.kind != "server" and given:
+            raise ValueError(
+                f"`{given[0]}` is a setting of a `kind: server` teacher only "
+                f"({', '.join(SERVER_FIELDS)}); drop it or set teacher.kind: server"
+            )
+        if self.kind == "server":
+            return self._server()
         if self.kind == "cache" and (self.path is None or self.init or self.from_teacher):
             raise ValueError(
                 "a `kind: cache` teacher needs `path` (the directory `anydistill cache` wrote) "
@@ -111,6 +134,38 @@ class ModelConfig(Strict):
         if self.init is not None and "model_type" not in self.init:
             raise ValueError("`init` needs a `model_type` key (e.g. llama, qwen2, gpt2)")
         return self
+
+    def _server(self) -> ModelConfig:
+        if self.url is None or self.model is None:
+            raise ValueError(
+                "a `kind: server` teacher needs `url` (the server's address, e.g. "
+                "http://localhost:8000/v1) and `model` (the name it serves the teacher under)"
+            )
+        weights = [k for k in ("path", "init", "from_teacher") if getattr(self, k) is not None]
+        if weights:
+            raise ValueError(
+                f"`{weights[0]}`: a `kind: server` teacher's weights stay in the server; give "
+                "`url` and `model` (and `tokenizer` when `model` is not its hub id or path)"
+            )
+        if isinstance(self.tokenizer, TokenizerTrain):
+            raise ValueError(
+                "`tokenizer`: a served teacher reads its own tokenizer, which a tokenizer "
+                "trained here would not be; give its hub id or local path"
+            )
+        return self
+
+    def server_settings(self) -> dict[str, Any]:
+        """A `kind: server` teacher's settings, defaults filled in where the recipe has none."""
+        values = {k: getattr(self, k) for k in SERVER_FIELDS}
+        return {k: SERVER_DEFAULTS.get(k) if v is None else v for k, v in values.items()}
+
+
+class TeacherEntry(ModelConfig):
+    """One of several teachers (`teachers:`): a `name` (metrics, `route_by` values), a mixture
+    `weight` (>= 0; 0 leaves it out of the mixture) and the keys of a `teacher:` section."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    weight: float = Field(1.0, ge=0.0, allow_inf_nan=False)
 
 
 class DataConfig(Strict):
@@ -265,9 +320,37 @@ class RunConfig(Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     generate: TraceGenConfig | None = None  # `anydistill generate` (traces)
+    # Several teachers (anydistill.teachers.multi), instead of `teacher:`; the first one is
+    # the run's `teacher` (tokenizer, sampling, student.from_teacher, eval's teacher/*).
+    teachers: list[TeacherEntry] | None = Field(None, min_length=1)
+    route_by: str | None = Field(None, min_length=1)  # a data column naming each sample's teacher
+
+    @model_validator(mode="before")
+    @classmethod
+    def _first_teacher(cls, data: Any) -> Any:
+        """With `teachers:`, `teacher` is its first entry (a saved config holds both)."""
+        if not isinstance(data, dict) or not isinstance(data.get("teachers"), list):
+            return data
+        entries = data["teachers"]
+        first = entries[0] if entries else None
+        if hasattr(first, "model_dump"):
+            first = first.model_dump()
+        if not isinstance(first, dict):
+            return data  # the field's own validation names what is wrong
+        first = {k: v for k, v in first.items() if k not in ("name", "weight")}
+        given = data.get("teacher")
+        if hasattr(given, "model_dump"):
+            given = given.model_dump()
+        if given is not None and given != first:
+            raise ValueError(
+                "teacher: give either `teacher:` (one teacher) or `teachers:` (several, the "
+                "first being the run's teacher), not both"
+            )
+        return {**data, "teacher": first}
 
     @model_validator(mode="after")
     def _combinations(self) -> RunConfig:
+        self._check_teachers()
         if self.teacher.from_teacher is not None:
             raise ValueError("teacher.from_teacher: only the student can be built from the teacher")
         if self.teacher.lora is not None:
@@ -278,7 +361,7 @@ class RunConfig(Strict):
             and (self.teacher.init is None)
         ):
             raise ValueError("student.from_teacher needs a teacher with `path` or `init`")
-        if self.objective.token_selection is not None and self.teacher.kind == "cache":
+        if self.objective.token_selection is not None and self.teacher.kind != "model":
             raise ValueError(
                 "objective.token_selection compares full distributions; it needs a live teacher"
             )
@@ -292,14 +375,14 @@ class RunConfig(Strict):
             )
         if self.teacher.kind == "cache" and self.student.from_teacher is not None:
             raise ValueError("student.from_teacher needs teacher weights, not a teacher cache")
-        if self.teacher.kind == "cache" and self.eval.teacher:
+        if self.teacher.kind != "model" and self.eval.teacher:
             raise ValueError(
-                "eval.teacher scores a live teacher; set it to false with a cached teacher"
+                f"eval.teacher scores a live teacher; set it to false with a {self._not_live()}"
             )
         if self.eval.teacher is None:
             self.eval.teacher = self.teacher.kind == "model"
-        if self.student.kind == "cache":
-            raise ValueError("student.kind: only the teacher can be a cache")
+        if self.student.kind != "model":
+            raise ValueError(f"student.kind: only the teacher can be a {self.student.kind}")
         if self.train.stop_at_step and self.train.stop_at_step > self.train.max_steps:
             raise ValueError("train.stop_at_step must not exceed train.max_steps")
         if self.train.warmup_steps >= self.train.max_steps and self.train.warmup_steps > 0:
@@ -328,8 +411,10 @@ class RunConfig(Strict):
                 "for a token-level divergence"
             )
         why = None
-        if self.teacher.kind == "cache":
-            why = "teacher.kind: cross-tokenizer terms need a live teacher, not a teacher cache"
+        if self.teacher.kind != "model":
+            why = (
+                f"teacher.kind: cross-tokenizer terms need a live teacher, not a {self._not_live()}"
+            )
         elif self.source.kind != "dataset":
             why = "source.kind: cross-tokenizer terms train on the dataset's text; use `dataset`"
         elif self.objective.token_selection is not None:
@@ -349,10 +434,11 @@ class RunConfig(Strict):
         if not feature:
             return
         i, first = feature[0]
-        if self.teacher.kind == "cache":
+        if self.teacher.kind != "model":
             raise ValueError(
                 f"objective.terms.{i}: `{first.kind}` compares layer activations, which a "
-                "teacher cache does not hold; use a teacher model (teacher.path or teacher.init)"
+                f"{self._not_live()} does not hold; use a teacher model (teacher.path or "
+                "teacher.init)"
             )
         if self.objective.cross_tokenizer():
             raise ValueError(
@@ -373,6 +459,10 @@ class RunConfig(Strict):
                         f"set {side}.attn_implementation: eager"
                     )
 
+    def _not_live(self) -> str:
+        """What the teacher is when it is not a model: `teacher cache` or `server teacher`."""
+        return "teacher cache" if self.teacher.kind == "cache" else "server teacher"
+
     def _contrastive(self) -> bool:
         return any(kinds.get(t.kind).family == "contrastive" for t in self.objective.terms)
 
@@ -390,6 +480,12 @@ class RunConfig(Strict):
                 "objective.terms or choose another source"
             )
         self._check_traces()
+        if src.teacher_generates() and self.teacher.kind == "server":
+            raise ValueError(
+                f"source.kind: `{src.kind}` samples from the teacher, which a `kind: server` "
+                "teacher does not do during training; sample with `anydistill generate` "
+                "(generate.endpoint) and train on the traces, or use a teacher model"
+            )
         if src.generates() and self.teacher.kind == "cache":
             raise ValueError(
                 f"source.kind: `{src.kind}` makes new sequences that a teacher cache does not "
@@ -443,4 +539,77 @@ class RunConfig(Strict):
                 "teacher.kind: with source.kind paired_traces the other terms read the correct "
                 "traces only, which a teacher cache does not key; use a teacher model "
                 "(teacher.path or teacher.init) or drop the terms that read the teacher"
+            )
+
+    def _check_teachers(self) -> None:
+        """`teachers:` (several teachers on the student's tokenizer) and `route_by`."""
+        entries = self.teachers
+        if entries is None:
+            if self.route_by is not None:
+                raise ValueError(
+                    "route_by chooses, per sample, one of several teachers; list them under "
+                    "`teachers:` or drop route_by"
+                )
+            return
+        seen: dict[str, int] = {}
+        for i, entry in enumerate(entries):
+            if entry.name in seen:
+                raise ValueError(
+                    f"teachers.{i}.name: `{entry.name}` already names teachers.{seen[entry.name]}; "
+                    "teacher names must be unique"
+                )
+            seen[entry.name] = i
+            if entry.from_teacher is not None:
+                raise ValueError(f"teachers.{i}.from_teacher: only the student is built that way")
+            if entry.lora is not None:
+                raise ValueError(f"teachers.{i}.lora: teachers are frozen; give the student `lora`")
+            if i and entry.tokenizer is not None and entry.tokenizer != entries[0].tokenizer:
+                raise ValueError(
+                    f"teachers.{i}.tokenizer: every teacher reads the run's one tokenizer, the "
+                    "first teacher's; drop it here"
+                )
+            if self.route_by is None and entry.kind != "model":
+                raise ValueError(
+                    f"teachers.{i}.kind: a weighted mixture mixes full distributions token by "
+                    f"token, which a `{entry.kind}` teacher's top-k cannot give; route samples to "
+                    "it with route_by, or use a teacher model"
+                )
+            if self.route_by is not None and entry.weight != 1.0:
+                raise ValueError(
+                    f"teachers.{i}.weight: with route_by each sample has one teacher and weights "
+                    "are not read; drop it"
+                )
+        if self.route_by is None and not any(e.weight > 0 for e in entries):
+            raise ValueError("teachers: every weight is 0; give at least one teacher a weight > 0")
+        terms = self.objective.terms
+        for i, term in enumerate(terms):
+            family = kinds.get(term.kind).family
+            if family in ("cross", "feature"):
+                what = "chunks of its own tokenizer" if family == "cross" else "layer activations"
+                raise ValueError(
+                    f"objective.terms.{i}: `{term.kind}` compares one teacher's {what}; several "
+                    "teachers teach through the student's tokenizer and distributions only, so "
+                    "drop the term or use a single `teacher:`"
+                )
+        if self.objective.token_selection is not None:
+            raise ValueError(
+                "objective.token_selection scores tokens against one teacher; drop it or use a "
+                "single `teacher:`"
+            )
+        if self.route_by is None:
+            return
+        if self.source.kind != "dataset":
+            raise ValueError(
+                f"route_by: source.kind `{self.source.kind}` makes or pairs sequences that carry "
+                "no route; routed teachers train on the dataset's records (source.kind dataset)"
+            )
+        if self.data.synthetic is not None:
+            raise ValueError(
+                f"route_by: the built-in synthetic corpus has no `{self.route_by}` column; point "
+                "data.path at records that name their teacher"
+            )
+        if self.data.mode == "text" and self.data.packing:
+            raise ValueError(
+                "route_by: packed text blocks join several records, each with its own teacher; "
+                "set data.packing: false"
             )

@@ -215,15 +215,49 @@ def tokenize_dataset(
     return out
 
 
+def add_routes(
+    examples: list[Example], ds: datasets.Dataset, column: str, names: list[str]
+) -> None:
+    """Set each example's `route`: the index in `names` of the teacher its record's `column`
+    names (one example per record, before any is dropped)."""
+    if column not in ds.column_names:
+        raise DataError(
+            f"route_by: the training data has no `{column}` column (found {ds.column_names}); "
+            "add one naming each record's teacher or set route_by to such a column"
+        )
+    index = {name: i for i, name in enumerate(names)}
+    values = ds[column]
+    for n, (ex, value) in enumerate(zip(examples, values, strict=True)):
+        if not isinstance(value, str) or value not in index:
+            raise DataError(
+                f"route_by: training record {n} has `{column}` {value!r}, which names no "
+                f"teacher; give one of {', '.join(names)}"
+            )
+        ex["route"] = index[value]
+
+
 def tokenize_data(
-    train_ds: datasets.Dataset, eval_ds: datasets.Dataset, tokenizer: Any, cfg: DataConfig
+    train_ds: datasets.Dataset,
+    eval_ds: datasets.Dataset,
+    tokenizer: Any,
+    cfg: DataConfig,
+    routes: tuple[str, list[str]] | None = None,
 ) -> TokenizedData:
-    """Detect the mode, tokenize both sets, then pack (text) or truncate/drop to `seq_len`."""
+    """Detect the mode, tokenize both sets, then pack (text) or truncate/drop to `seq_len`.
+    `routes` (column, teacher names): each training example gets the index of the teacher
+    its record's column names (`route_by`)."""
     mode = detect_mode(train_ds.column_names, cfg.mode, **_columns(cfg))
     if len(eval_ds) > 0:
         detect_mode(eval_ds.column_names, mode, **_columns(cfg), field="data.eval_path")
     train = tokenize_dataset(train_ds, tokenizer, mode, cfg)
     ev = tokenize_dataset(eval_ds, tokenizer, mode, cfg) if len(eval_ds) > 0 else []
+    if routes is not None:
+        if cfg.packing and mode == "text":
+            raise DataError(
+                "route_by: packed text blocks join several records, each with its own teacher; "
+                "set data.packing: false"
+            )
+        add_routes(train, train_ds, *routes)
     if cfg.packing and mode == "text":
         train, ev, dropped = pack(train, cfg.seq_len), pack(ev, cfg.seq_len), 0
     else:

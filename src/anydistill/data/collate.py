@@ -11,7 +11,8 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad to the longest example.
 
     Returns input_ids [B, T] long, attention_mask [B, T] long (1 on real tokens) and
-    loss_mask [B, T] bool (False on padding).
+    loss_mask [B, T] bool (False on padding); plus route [B] long when every example names
+    its teacher (`route_by`).
     """
     if not examples:
         raise ValueError("collate needs at least one example")
@@ -25,4 +26,7 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
         input_ids[row, :n] = torch.tensor(ex["input_ids"], dtype=torch.long)
         attention[row, :n] = 1
         loss_mask[row, :n] = torch.tensor(ex["loss_mask"], dtype=torch.bool)
-    return {"input_ids": input_ids, "attention_mask": attention, "loss_mask": loss_mask}
+    batch_dict = {"input_ids": input_ids, "attention_mask": attention, "loss_mask": loss_mask}
+    if all("route" in ex for ex in examples):
+        batch_dict["route"] = torch.tensor([ex["route"] for ex in examples], dtype=torch.long)
+    return batch_dict

@@ -38,8 +38,9 @@ def truncate_or_drop(examples: Iterable[Example], seq_len: int) -> tuple[list[Ex
     kept: list[Example] = []
     dropped = 0
     for ex in examples:
-        if len(ex["input_ids"]) > seq_len:
-            ex = Example(input_ids=ex["input_ids"][:seq_len], loss_mask=ex["loss_mask"][:seq_len])
+        if len(ex["input_ids"]) > seq_len:  # other keys (a `route`) stay
+            cut = {"input_ids": ex["input_ids"][:seq_len], "loss_mask": ex["loss_mask"][:seq_len]}
+            ex = Example(**{**ex, **cut})
         if has_target(ex):
             kept.append(ex)
         else:

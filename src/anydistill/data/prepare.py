@@ -58,16 +58,21 @@ def prepare_examples(
     cfg: RunConfig,
     align: bool,
     progress: bool | None = None,
+    routes: bool = False,
 ) -> TokenizedData | AlignedData:
     """Tokenized examples (`align` false: both models read `student_tok`), or examples
-    aligned across the two tokenizers (with a progress bar unless `progress` is False)."""
+    aligned across the two tokenizers (with a progress bar unless `progress` is False).
+    `routes`: each training example gets its teacher's index from the `route_by` column."""
     if align:
         show = cfg.train.progress if progress is None else progress
         data = align_data(raw.train, raw.eval, teacher_tok, student_tok, cfg.data, progress=show)
         if data.dropped:
             log.warning("data: dropped %d sequences with no aligned target chunk", data.dropped)
         return data
-    data = tokenize_data(raw.train, raw.eval, student_tok, cfg.data)
+    route = None
+    if routes and cfg.route_by is not None and cfg.teachers:
+        route = (cfg.route_by, [t.name for t in cfg.teachers])
+    data = tokenize_data(raw.train, raw.eval, student_tok, cfg.data, route)
     if data.dropped:
         log.warning(
             "data: dropped %d sequences with no target tokens within data.seq_len", data.dropped

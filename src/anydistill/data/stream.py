@@ -80,6 +80,15 @@ class BatchStream:
         self._cursor += 1
         return [self.examples[i] for i in perm[start : start + self.batch_size]]
 
+    def peek(self, count: int) -> list[list[Example]]:
+        """The next `count` batches `next_batch` will give, without taking them: the
+        position (what a checkpoint saves) stays where it was."""
+        saved = (self._epoch, self._cursor, self._perm)
+        try:
+            return [self.next_batch() for _ in range(count)]
+        finally:
+            self._epoch, self._cursor, self._perm = saved
+
     def __iter__(self) -> BatchStream:
         return self
 

@@ -17,7 +17,11 @@ from anydistill.errors import DataError
 MODES = ("text", "prompt_completion", "messages")
 
 
-class Example(TypedDict):
+class _Routed(TypedDict, total=False):
+    route: int  # `route_by`: the index of the teacher that teaches this sample
+
+
+class Example(_Routed):
     input_ids: list[int]
     loss_mask: list[bool]
 

@@ -34,6 +34,7 @@ class StepInputs:
     # holds the correct completions' only: every other term trains on those alone.
     pair_role: torch.Tensor | None = None
     pair_select: torch.Tensor | None = None
+    route: torch.Tensor | None = None  # [B] long: each row's teacher (`route_by`)
 
 
 def step_inputs(batch: Batch, device: torch.device) -> StepInputs:
@@ -53,7 +54,9 @@ def step_inputs(batch: Batch, device: torch.device) -> StepInputs:
         return StepInputs(
             ids, mask, select, ids[:, 1:][select], rows, pair_role=role, pair_select=every
         )
-    return StepInputs(ids, mask, select, ids[:, 1:][select], rows)
+    route = batch.get("route")
+    route = route.to(device) if route is not None else None
+    return StepInputs(ids, mask, select, ids[:, 1:][select], rows, route=route)
 
 
 def _aligned_inputs(tokens: CrossTokens, device: torch.device) -> StepInputs:

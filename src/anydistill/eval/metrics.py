@@ -15,6 +15,10 @@ Aligned examples (two tokenizers) are scored on the chunks both models can score
   models' greedy next tokens would continue the text the same way (one token's bytes are a
   prefix of the other's; two special tokens also agree): top-1 agreement across tokenizers;
 - `chunk_nll_gap`: mean |chunk NLL of the student - chunk NLL of the teacher|, in nats.
+
+Several teachers (`teachers.multi.MultiTeacher`): `teacher/*` and the shared metrics score
+their mixture (nothing when they are routed: eval records carry no route), and every member
+that is a model is also scored alone as `teacher/<name>/{ce,ppl,bits_per_byte,kl,agreement}`.
 """
 
 from __future__ import annotations
@@ -85,10 +89,28 @@ def evaluate(
             student, model, examples, teacher_tokenizer or tokenizer, tokenizer, batch_size,
             max_batches,
         )  # fmt: skip
-    return _token_metrics(
-        student, teacher, examples, tokenizer, vocab_size, batch_size, max_batches, device,
-        pad_id, chunk_size,
-    )  # fmt: skip
+    args = (examples, tokenizer, vocab_size, batch_size, max_batches, device, pad_id, chunk_size)
+    if hasattr(teacher, "members") and hasattr(teacher, "eval_teacher"):
+        return _several_metrics(student, teacher, args)
+    return _token_metrics(student, teacher, *args)
+
+
+def _several_metrics(student: torch.nn.Module, teacher: Any, args: tuple) -> dict[str, float]:
+    """The mixture as "the teacher" (none when routed), then each member model alone."""
+    result = _token_metrics(student, teacher.eval_teacher(), *args)
+    for member in teacher.members:
+        if not isinstance(getattr(member.teacher, "model", None), torch.nn.Module):
+            continue  # a cache holds the training samples only
+        alone = _token_metrics(student, member.teacher, *args)
+        if not alone:
+            continue
+        prefix = f"teacher/{member.name}/"
+        for key, value in alone.items():
+            if key.startswith("teacher/"):
+                result[prefix + key.removeprefix("teacher/")] = value
+        result[prefix + "kl"] = alone["kl_teacher_student"]
+        result[prefix + "agreement"] = alone["top1_agreement"]
+    return result
 
 
 def _token_metrics(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -88,6 +89,23 @@ def _check_inputs(task: str | None, texts: str | None, lm_eval: str | None) -> l
     return load_texts(texts)
 
 
+def _several(cfg: RunConfig, first: torch.nn.Module, vocab: int, device: torch.device) -> Any:
+    """`teachers:` as the run trained with them (the seeds `train/setup.py` gives), models
+    only: a cache holds training samples, not the eval split."""
+    from anydistill.teachers import LiveTeacher
+    from anydistill.teachers.multi import Member, MultiTeacher
+
+    members = []
+    for i, entry in enumerate(cfg.teachers or []):
+        if entry.kind != "model":
+            continue
+        seed = cfg.train.seed + 1 + 1000 * i
+        model = first if i == 0 else load_model(entry, f"teachers.{i}", vocab, device, True, seed)
+        model = freeze(model)
+        members.append(Member(entry.name, entry.weight, LiveTeacher(model)))
+    return MultiTeacher(members, route=cfg.route_by is not None)
+
+
 def evaluate_run(
     run_dir: Path,
     max_batches: int | None = None,
@@ -111,12 +129,14 @@ def evaluate_run(
     cross = cfg.objective.cross_tokenizer()
     # A cross-tokenizer teacher reads its own tokenizer (saved in the run when it was trained).
     teacher_tok = teacher_tokenizer(cfg, run_dir, None) if cross else tokenizer
-    teacher = None
+    teacher = scored = None
     if cfg.eval.teacher:
         t_vocab = real_vocab_size(teacher_tok)
-        teacher = freeze(
+        teacher = scored = freeze(
             load_model(cfg.teacher, "teacher", t_vocab, device, True, cfg.train.seed + 1)
         )
+        if cfg.teachers:  # the mixture, and each teacher alone; the first one generates
+            scored = _several(cfg, teacher, t_vocab, device)
     _, eval_ds = load_raw(cfg.data, cfg.train.seed)
     if len(eval_ds) == 0:
         raise ConfigError(
@@ -129,7 +149,7 @@ def evaluate_run(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     result = evaluate(
         student,
-        teacher,
+        scored,
         data.eval,
         tokenizer,
         vocab,

@@ -129,6 +129,45 @@ class LogProbs:
         return self._cache[temp]
 
 
+@dataclass(frozen=True)
+class MixtureTarget:
+    """Several dense teachers on one block (`engine.MixtureSignal`): each member's final
+    logits and its normalized log weight."""
+
+    names: tuple[str, ...]
+    log_weights: tuple[float, ...]
+    logits: tuple[Tensor, ...]
+
+
+class MixtureLogProbs(LogProbs):
+    """log sum_i w_i softmax(z_i / T): each member tempered by T, then mixed; computed once
+    per distinct temperature, as `logsumexp_i(log w_i + log_softmax(z_i / T))` (pairwise, so
+    no [members, rows, V] stack). `logits` are the mixture's log-probs at T = 1 (its argmax is
+    the mixture's)."""
+
+    def __init__(self, target: MixtureTarget) -> None:  # not LogProbs.__init__: no own logits
+        self.names = target.names
+        self.log_weights = target.log_weights
+        self.members = tuple(LogProbs(z, grad=False) for z in target.logits)
+        self.grad = False
+        self._cache: dict[float, Tensor] = {}
+
+    @property
+    def logits(self) -> Tensor:  # type: ignore[override]
+        return self(1.0)
+
+    def __call__(self, temp: float) -> Tensor:
+        if temp not in self._cache:
+            with torch.no_grad():
+                mixed: Tensor | None = None
+                for log_w, member in zip(self.log_weights, self.members, strict=True):
+                    part = member(temp) + log_w
+                    mixed = part if mixed is None else torch.logaddexp(mixed, part)
+                assert mixed is not None
+                self._cache[temp] = mixed
+        return self._cache[temp]
+
+
 Teacher = LogProbs | SparseTarget
 
 
@@ -173,6 +212,12 @@ def block_stats(
         agree = student.logits.argmax(dim=-1) == teacher.logits.argmax(dim=-1)
         stats["agree"] = agree.sum().float()
         stats["teacher_entropy"] = entropy(lp).sum()
+    if isinstance(teacher, MixtureLogProbs):  # each member's own KL and agreement
+        top = student.logits.argmax(dim=-1)
+        for name, member in zip(teacher.names, teacher.members, strict=True):
+            stats[f"teacher/{name}/kl"] = forward_kl(lq, member(1.0)).sum()
+            stats[f"teacher/{name}/agree"] = (top == member.logits.argmax(-1)).sum().float()
+            stats[f"teacher/{name}/tokens"] = stats["tokens"]
     if labels is not None:
         nll = functools.partial(F.nll_loss, ignore_index=IGNORE_INDEX, reduction="sum")
         stats["student_nll"] = nll(lq, labels)
@@ -188,20 +233,29 @@ def weighted_total(terms: Sequence[ActiveTerm], sums: Tensor) -> Tensor:
 
 
 def block_sums(
-    plan: Plan, zs: Tensor, zt: Tensor | SparseTarget | None, labels: Tensor | None
+    plan: Plan, zs: Tensor, zt: Tensor | SparseTarget | MixtureTarget | None, labels: Tensor | None
 ) -> tuple[Tensor, Tensor]:
     """Per-term sums `[K]` (differentiable in `zs`) and stats `[S]` (detached).
 
-    `zt` is the teacher's dense logits for the block, or a sparse (cached) target.
+    `zt` is the teacher's dense logits for the block, a mixture of dense teachers, or a
+    sparse (cached) target.
     """
     student = LogProbs(zs, grad=torch.is_grad_enabled())
-    teacher = LogProbs(zt, grad=False) if isinstance(zt, Tensor) else zt
+    teacher: Teacher | None
+    if isinstance(zt, MixtureTarget):
+        teacher = MixtureLogProbs(zt)
+    else:
+        teacher = LogProbs(zt, grad=False) if isinstance(zt, Tensor) else zt
     sums = torch.stack([term_sum(t, student, teacher, labels) for t in plan.terms])
     return sums, block_stats(plan.stat_names, student, teacher, labels)
 
 
 def torch_rows(
-    plan: Plan, zs: Tensor, zt: Tensor | SparseTarget | None, labels: Tensor | None, want_grad: bool
+    plan: Plan,
+    zs: Tensor,
+    zt: Tensor | SparseTarget | MixtureTarget | None,
+    labels: Tensor | None,
+    want_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Term sums, stats and d(weighted total)/d zs for one block, by autograd on the block."""
     if not want_grad:

@@ -14,6 +14,12 @@ logits never have to exist for the whole batch:
   `kernel` function), and every block of a sparse (cached) teacher, is computed with the
   torch per-block math (`chunk_math.torch_rows`) instead: same values, no kernel.
 
+The teacher is one online teacher (`TeacherSignal`), a top-k cache (`SparseTeacher`) or
+several online teachers mixed token by token (`MixtureSignal`): p = sum_i w_i p_i, each
+member tempered by the term's T before mixing. A mixture's blocks hold one `[chunk, V]`
+block of logits per member and always go through the torch per-block math
+(`chunk_math.MixtureLogProbs`), on every engine; a one-member mixture is that member exactly.
+
 All engines run the same math (`chunk_math`) in float32 with autocast disabled, on the logits
 sliced to the tokenizer's real vocabulary (`vocab_size`), so heads padded to different row
 counts (e.g. Qwen2.5-7B's 152064 rows vs 0.5B's 151936) compare the same distributions.
@@ -21,6 +27,7 @@ counts (e.g. Qwen2.5-7B's 152064 rows vs 0.5B's 151936) compare the same distrib
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -31,6 +38,7 @@ from torch import Tensor
 
 from anydistill.losses import registry
 from anydistill.losses.chunk_math import (
+    MixtureTarget,
     Plan,
     block_sums,
     compute_dtype,
@@ -62,6 +70,33 @@ class TeacherSignal:
     hidden: Tensor  # [N, Ht], rows aligned with the student's rows
     head: Head
     features: Any = None  # teachers.base.Features: layer activations a term asked for
+
+
+@dataclass
+class MixtureSignal:
+    """Several online teachers on the same rows, mixed token by token over one vocabulary:
+    p_T = sum_i w_i softmax(z_i / T). Each member is tempered by the term's temperature
+    before mixing (a mixture of tempered teachers, not a tempered mixture). Weights must be
+    > 0 (drop a weight-0 teacher before building one); they are normalized to sum 1 here.
+    The stats add `teacher/<name>/kl` (KL(p_i || q) at T = 1), `/agree` and `/tokens` per
+    member."""
+
+    names: tuple[str, ...]
+    weights: tuple[float, ...]
+    signals: tuple[TeacherSignal, ...]
+
+    def log_weights(self) -> tuple[float, ...]:
+        total = math.fsum(self.weights)
+        return tuple(math.log(w / total) for w in self.weights)
+
+
+def member_stats(name: str, stats: dict[str, Tensor]) -> dict[str, Tensor]:
+    """One teacher's own `teacher/<name>/{kl,agree,tokens}` from a single teacher's stats."""
+    return {
+        f"teacher/{name}/kl": stats["fkl"],
+        f"teacher/{name}/agree": stats["agree"],
+        f"teacher/{name}/tokens": stats["tokens"],
+    }
 
 
 @dataclass
@@ -114,12 +149,16 @@ def kernel_rows(
 
 
 def triton_rows(
-    plan: Plan, zs: Tensor, zt: Tensor | SparseTarget | None, labels: Tensor | None, want_grad: bool
+    plan: Plan,
+    zs: Tensor,
+    zt: Tensor | SparseTarget | MixtureTarget | None,
+    labels: Tensor | None,
+    want_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """One block through the kernel, or through `torch_rows` when the kernel cannot take it
-    (a sparse teacher, or a term without a kernel launch)."""
+    (a sparse teacher, a mixture of teachers, or a term without a kernel launch)."""
     numbers = registry.kernel_terms(plan.terms)
-    if numbers is None or isinstance(zt, SparseTarget):
+    if numbers is None or isinstance(zt, SparseTarget | MixtureTarget):
         return torch_rows(plan, zs, zt, labels, want_grad)
     # The gradient overwrites zs in place unless soft-capping's backward needs zs.
     out = zs if plan.student_cap is None else None
@@ -147,7 +186,7 @@ def _check_head(head: Head, vocab_size: int, who: str) -> None:
 def _validate(
     student_hidden: Tensor,
     student_head: Head,
-    teacher: TeacherSignal | None,
+    teacher: TeacherSignal | SparseTeacher | MixtureSignal | None,
     labels: Tensor | None,
     mask: Tensor,
     terms: list[ActiveTerm],
@@ -190,12 +229,38 @@ def _validate(
     _check_head(student_head, vocab_size, "student")
     if isinstance(teacher, SparseTeacher):
         _check_sparse(teacher, terms, n, vocab_size)
+    elif isinstance(teacher, MixtureSignal):
+        _check_mixture(teacher, n, vocab_size)
     elif teacher is not None:
         if teacher.hidden.shape[0] != n:
             raise ValueError(
                 f"teacher hidden has {teacher.hidden.shape[0]} rows, the student has {n}"
             )
         _check_head(teacher.head, vocab_size, "teacher")
+
+
+def _check_mixture(teacher: MixtureSignal, n: int, vocab: int) -> None:
+    count = len(teacher.signals)
+    if count < 1 or len(teacher.names) != count or len(teacher.weights) != count:
+        raise ValueError(
+            f"a teacher mixture needs one name and one weight per member, got {len(teacher.names)}"
+            f" names, {len(teacher.weights)} weights and {count} teachers"
+        )
+    if len(set(teacher.names)) != count:
+        raise ValueError(f"teacher names in a mixture must be unique, got {list(teacher.names)}")
+    for name, weight, signal in zip(teacher.names, teacher.weights, teacher.signals, strict=True):
+        if not (math.isfinite(weight) and weight > 0):
+            raise ValueError(f"teacher {name!r}: a mixture weight must be > 0, got {weight}")
+        if not isinstance(signal, TeacherSignal):
+            raise ValueError(
+                f"teacher {name!r}: a mixture mixes full distributions, so each member must be an "
+                f"online teacher (TeacherSignal), not {type(signal).__name__}"
+            )
+        if signal.hidden.shape[0] != n:
+            raise ValueError(
+                f"teacher {name!r}: hidden has {signal.hidden.shape[0]} rows, the student has {n}"
+            )
+        _check_head(signal.head, vocab, f"teacher {name!r}")
 
 
 def _check_sparse(teacher: SparseTeacher, terms: list[ActiveTerm], n: int, vocab: int) -> None:
@@ -216,7 +281,9 @@ def _check_sparse(teacher: SparseTeacher, terms: list[ActiveTerm], n: int, vocab
             raise ValueError(f"term {term.name!r}: {why}")
 
 
-def _teacher_blocks(teacher: TeacherSignal | SparseTeacher | None, rows: Tensor, plan: Plan):
+def _teacher_blocks(
+    teacher: TeacherSignal | SparseTeacher | MixtureSignal | None, rows: Tensor, plan: Plan
+):
     """A function of (start, end) giving the teacher's part of those selected rows."""
     if teacher is None:
         return lambda start, end: None
@@ -226,6 +293,17 @@ def _teacher_blocks(teacher: TeacherSignal | SparseTeacher | None, rows: Tensor,
         return lambda start, end: SparseTarget(
             ids[start:end], logp[start:end], tail[start:end], teacher.tail
         )
+    if isinstance(teacher, MixtureSignal):  # one dense block per member, each with its head
+        members = [_dense_blocks(s, rows, plan) for s in teacher.signals]
+        log_w = teacher.log_weights()
+        return lambda start, end: MixtureTarget(
+            teacher.names, log_w, tuple(block(start, end) for block in members)
+        )
+    return _dense_blocks(teacher, rows, plan)
+
+
+def _dense_blocks(teacher: TeacherSignal, rows: Tensor, plan: Plan):
+    """(start, end) -> the final logits of one online teacher on those selected rows."""
     ht = teacher.hidden.detach().index_select(0, rows)
     t_w, t_b = teacher.head.weight.detach()[: plan.vocab_size], teacher.head.bias
     t_b = t_b.detach() if t_b is not None else None
@@ -236,9 +314,11 @@ def _teacher_blocks(teacher: TeacherSignal | SparseTeacher | None, rows: Tensor,
     elif not ht.is_cuda and t_w.dtype != compute_dtype(ht):
         t_w = t_w.to(compute_dtype(ht))
 
+    scale, cap = float(teacher.head.logit_scale), teacher.head.softcap
+
     def dense(start: int, end: int) -> Tensor:
         raw = project(ht[start:end], t_w, t_b, plan.vocab_size, plan.matmul_dtype)
-        return transform(raw, plan.teacher_scale, plan.teacher_cap)
+        return transform(raw, scale, cap)
 
     return dense
 
@@ -246,7 +326,7 @@ def _teacher_blocks(teacher: TeacherSignal | SparseTeacher | None, rows: Tensor,
 def distill_loss(
     student_hidden: Tensor,
     student_head: Head,
-    teacher: TeacherSignal | SparseTeacher | None,
+    teacher: TeacherSignal | SparseTeacher | MixtureSignal | None,
     labels: Tensor | None,
     mask: Tensor,
     terms: list[ActiveTerm],
@@ -268,6 +348,15 @@ def distill_loss(
     `precision: bf16` run), None keeps the compute dtype; softmax, divergences and every
     reduction stay float32 either way.
     """
+    if isinstance(teacher, MixtureSignal) and len(teacher.signals) == 1:
+        # A one-member mixture is its member, bit for bit (kernel included), plus its stats.
+        _check_mixture(teacher, student_hidden.shape[0], vocab_size)
+        out = distill_loss(
+            student_hidden, student_head, teacher.signals[0], labels, mask, terms, vocab_size,
+            normalizer, engine, chunk_size, head_dtype,
+        )  # fmt: skip
+        out.stats.update(member_stats(teacher.names[0], out.stats))
+        return out
     if chunk_size is None:
         chunk_size = auto_chunk_size(vocab_size, student_hidden.device)
     _validate(
@@ -275,6 +364,7 @@ def distill_loss(
     )
     has_teacher = teacher is not None
     sparse = isinstance(teacher, SparseTeacher)
+    mixture = isinstance(teacher, MixtureSignal)
     stat_names = ("tokens", "student_entropy")
     if has_teacher:
         stat_names += ("fkl", "agree", "teacher_entropy")
@@ -282,6 +372,10 @@ def distill_loss(
         stat_names += ("student_nll",)
         if has_teacher and not sparse:
             stat_names += ("teacher_nll",)
+    if isinstance(teacher, MixtureSignal):
+        stat_names += tuple(
+            f"teacher/{name}/{what}" for name in teacher.names for what in ("kl", "agree", "tokens")
+        )
     t_head = teacher.head if isinstance(teacher, TeacherSignal) else None
     plan = Plan(
         terms=tuple(terms),
@@ -318,8 +412,9 @@ def distill_loss(
             want_grad = torch.is_grad_enabled() and any(
                 x is not None and x.requires_grad for x in (hs, s_w, s_b)
             )
-            # The kernel takes dense teachers; cached (sparse) ones go through torch's rows.
-            rows_fn = torch_rows if sparse else _rows_fn(engine)
+            # The kernel takes one dense teacher; cached (sparse) ones and mixtures go through
+            # torch's rows.
+            rows_fn = torch_rows if sparse or mixture else _rows_fn(engine)
             total, sums, stat_vec = fused_linear_distill(
                 hs, s_w, s_b, teacher_block, y, plan, rows_fn, chunk_size, want_grad
             )

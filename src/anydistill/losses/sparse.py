@@ -26,6 +26,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from anydistill.config.kinds import serves
 from anydistill.losses import registry
 from anydistill.losses.objective import ActiveTerm
 
@@ -43,20 +44,21 @@ class SparseTeacher:
     tail: TailMode = "bucket"
 
 
-def refusal(kind: str, temperature: float, beta: float, alpha: float, tail: str) -> str | None:
-    """Why a term cannot be computed against a sparse teacher, or None when it can."""
+def refusal(
+    kind: str, temperature: float, beta: float, alpha: float, tail: str, teacher: str = "cache"
+) -> str | None:
+    """Why a term cannot be computed against a sparse teacher (`teacher`: the kind giving
+    it, `cache` or `server`), or None when it can."""
     entry = registry.get(kind)
     if entry.needs == "nothing":
         return None
-    if "cache" not in entry.teachers:
-        return (
-            f"a top-k cache cannot serve a `{kind}` term (it needs {entry.needs}); "
-            "use a teacher model"
-        )
+    what = "a top-k cache" if teacher == "cache" else f"a {teacher} teacher's top-k"
+    if not serves(teacher, kind):
+        return f"{what} cannot serve a `{kind}` term (it needs {entry.needs}); use a teacher model"
     if tail == "bucket" and temperature != 1.0:
         return (
             f"a `{kind}` term at temperature {temperature} needs the teacher's tail at that "
-            "temperature, which a top-k cache does not hold; use temperature 1 or tail: renorm"
+            f"temperature, which {what} does not hold; use temperature 1 or tail: renorm"
         )
     term = ActiveTerm(kind, kind, 1.0, temperature, beta=beta, alpha=alpha)
     if tail == "renorm" and entry.infinite_on_zeros is not None and entry.infinite_on_zeros(term):

@@ -51,6 +51,13 @@ def teacher_tokenizer(cfg: RunConfig, run_dir: Path, texts: Texts) -> Any:
     if isinstance(spec, TokenizerTrain):
         return _trained(run_dir, TEACHER_TOKENIZER_DIR, "teacher.tokenizer", spec.vocab_size, texts)
     path = spec or cfg.teacher.path
+    if cfg.teacher.kind == "server" and not spec:  # `vllm serve ID` serves ID as `model: ID`
+        return load_tokenizer(
+            cfg.teacher.model or "",
+            field="teacher.model",
+            revision=cfg.teacher.revision,
+            trust_remote_code=cfg.teacher.trust_remote_code,
+        )
     if path is None:
         raise ConfigError(
             "teacher.tokenizer: a teacher built from `init` needs a tokenizer "

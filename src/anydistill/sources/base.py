@@ -46,6 +46,17 @@ class Source:
     def micro_batch(self, step: int, index: int) -> Batch:
         return self.collate(self.stream.next_batch())
 
+    def peek(self, count: int) -> list[Batch] | None:
+        """The next `count` micro-batches without taking them (the stream does not move), or
+        None where they depend on what happens before they are taken: a source that makes
+        its own micro-batches (generated completions, mixtures, pairs) is never peeked."""
+        own = type(self).micro_batch is not Source.micro_batch or (
+            type(self).batches is not Source.batches
+        )
+        if own:
+            return None
+        return [self.collate(examples) for examples in self.stream.peek(count)]
+
     def collate(self, examples: list[Example]) -> Batch:
         if self.collator is not None:
             return self.collator(examples)

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from anydistill.config import RunConfig
+from anydistill.config.schema import SERVER_FIELDS
 from anydistill.data import BatchStream
 from anydistill.data.tokenize import Example
 from anydistill.generation import Sampling, derive_seed, make_backend
@@ -71,7 +72,8 @@ def upfront_settings(cfg: RunConfig, tokenizer: Any) -> dict[str, Any]:
     """Everything the teacher's upfront generations depend on, besides the prompts."""
     g = cfg.source.generation
     return {
-        "teacher": cfg.teacher.model_dump(mode="json"),
+        # without a server teacher's keys (None here): stores made before they existed match
+        "teacher": cfg.teacher.model_dump(mode="json", exclude=set(SERVER_FIELDS)),
         "vocab": len(tokenizer),
         "seq_len": cfg.data.seq_len,
         "seed": cfg.train.seed,

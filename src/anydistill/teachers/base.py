@@ -5,6 +5,9 @@ A teacher kind turns `StepInputs` into the signal the objective's terms asked fo
 - `live` (`LiveTeacher`): a model on the student's tokens -> `TeacherSignal` (final hidden
   rows + output head; plus, on request, hidden states or attention outputs of chosen layers);
 - `cache` (`teachers.cache.CachedTeacher`): the offline top-k cache -> `SparseTeacher`;
+- `server` (`teachers.server.ServerTeacher`): a model served by vLLM, its top-k log-probs
+  asked for over HTTP -> `SparseTeacher`; it also has `prefetch(batches)`, which the loop
+  calls with micro-batches before they are trained on (a kind may have it or not);
 - `aligned` (`AlignedTeacher`): a model on its own tokenizer's ids -> `AlignedSignal`, which
   the step pairs with the student's rows through the batch's chunks.
 

@@ -95,10 +95,11 @@ class _Teacher:
             self.name = gen.endpoint.model
             self.identity: dict[str, Any] = {"endpoint": gen.endpoint.model}
             return
-        if cfg.teacher.kind == "cache":
+        if cfg.teacher.kind != "model":
             raise ConfigError(
-                "teacher.kind: `anydistill generate` samples a teacher model, not a cache; "
-                "point teacher.path at the model or set generate.endpoint"
+                "teacher.kind: `anydistill generate` samples a teacher model, not a "
+                f"`kind: {cfg.teacher.kind}` teacher; point teacher.path at the model or set "
+                "generate.endpoint (for a served teacher: its url and model)"
             )
         from anydistill.models.run_tokenizers import teacher_tokenizer
         from anydistill.models.tokenizer import tokenizer_hash

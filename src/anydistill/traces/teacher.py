@@ -123,10 +123,11 @@ def model_sampler(cfg: RunConfig, tokenizer: Any, backend: str, batch_size: int)
     from anydistill.models.loading import freeze, max_positions
     from anydistill.models.tokenizer import real_vocab_size
 
-    if cfg.teacher.kind == "cache":
+    if cfg.teacher.kind != "model":
         raise ConfigError(
-            "teacher.kind: `anydistill generate` samples a teacher model, not a cache; point "
-            "teacher.path at the model or set generate.endpoint"
+            "teacher.kind: `anydistill generate` samples a teacher model, not a "
+            f"`kind: {cfg.teacher.kind}` teacher; point teacher.path at the model or set "
+            "generate.endpoint (for a served teacher: its url and model)"
         )
     device = pick_device(cfg.train.device)
     vocab = real_vocab_size(tokenizer)

@@ -33,6 +33,7 @@ from anydistill.models.heads import HiddenStates, unwrap
 from anydistill.models.lora import merged_for_saving
 from anydistill.progress import StepProgress
 from anydistill.sources import Source
+from anydistill.teachers.multi import member_row
 from anydistill.train.checkpoint import save_checkpoint
 from anydistill.train.guards import DeadGradientGuard
 from anydistill.train.interrupt import GracefulStop, StoppedByUser
@@ -98,6 +99,8 @@ def _train(
     finally:
         if loop.metrics is not None:
             loop.metrics.close()
+        if hasattr(started.parts.teacher, "close"):  # a server's requests not sent yet
+            started.parts.teacher.close()
 
 
 def _finished(run_dir: Path, step: int, cfg: RunConfig) -> bool:
@@ -236,6 +239,7 @@ class _Loop:
         objective = self.started.objective
         terms = objective.active_terms(self.step)
         batches = self.source.batches(self.step, self.cfg.train.grad_accum)
+        self._prefetch(batches)
         tick = time.perf_counter()
         result = train_step(self.step_parts, self.step, batches, terms)
         objective.after_step(result.terms)
@@ -244,6 +248,20 @@ class _Loop:
         self.clock.tokens += result.tokens
         self.clock.train_s += step_s
         return result, step_s
+
+    def _prefetch(self, batches: list) -> None:
+        """A teacher that answers from afar (a server) is asked about this step's micro-batches
+        now, and about the next step's when the source can tell them without taking them, so
+        its answers arrive while this step trains. The data position does not move."""
+        prefetch = getattr(self.step_parts.teacher, "prefetch", None)
+        if prefetch is None:
+            return
+        prefetch(batches)
+        t, upcoming = self.cfg.train, self.step + 1
+        if upcoming < t.max_steps and upcoming != t.stop_at_step:
+            ahead = self.source.peek(t.grad_accum)
+            if ahead:
+                prefetch(ahead)
 
     def _log_upfront_generation(self) -> None:
         src = self.cfg.source
@@ -279,6 +297,7 @@ class _Loop:
                 "lr": result.lr,
                 "grad_norm": result.grad_norm,
                 **agreement,
+                **member_row(result.stats),  # several teachers: each one's KL and agreement
                 "tokens": self.clock.tokens,
                 "tokens_per_s": result.tokens / max(step_s, 1e-9),
                 "elapsed_s": self.clock.elapsed(),

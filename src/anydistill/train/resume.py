@@ -41,10 +41,18 @@ CHANGEABLE = (
     "eval.",
     "output.",
     "generate.",  # read by `anydistill generate`, not by training
+    *(f"teacher.{k}" for k in ("url", "timeout", "retries", "max_concurrency", "api_key_env")),
 )
 
 # Changes that say how this invocation runs, not what the run is: saved, never logged.
-UNLOGGED = ("train.stop_at_step", "train.progress", "output.resume", "output.overwrite")
+UNLOGGED = (
+    "train.stop_at_step",
+    "train.progress",
+    "output.resume",
+    "output.overwrite",
+    # where and how a server teacher is reached (the same served model, asked the same way)
+    *(f"teacher.{k}" for k in ("url", "timeout", "retries", "max_concurrency", "api_key_env")),
+)
 
 
 def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -97,11 +105,13 @@ def config_changes(saved: RunConfig, new: RunConfig, run_dir: Path) -> dict[str,
 
 def data_fingerprint(examples: Iterable[Any]) -> str:
     """sha256 (32 hex digits) over the training sequences: their token ids and target masks
-    (a cross-tokenizer example: both sides' ids)."""
+    (a cross-tokenizer example: both sides' ids), and the teacher each is routed to."""
     h = hashlib.sha256()
     for ex in examples:
         if isinstance(ex, dict):
             parts = [ex["input_ids"], ex["loss_mask"]]
+            if "route" in ex:
+                parts.append([ex["route"]])
         else:
             names = ("teacher_ids", "student_ids", "teacher_chunk", "student_chunk")
             parts = [getattr(ex, name) for name in names] + [ex.student_target]

@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 from anydistill.config import ModelConfig, RunConfig
 from anydistill.config.kinds import needs_teacher
 from anydistill.data.prepare import load_run_data, prepare_examples
-from anydistill.errors import ConfigError
+from anydistill.errors import AnydistillError, ConfigError
 from anydistill.losses.features import FeaturePlan
 from anydistill.models.from_config import load_model, pick_device
 from anydistill.models.from_teacher import student_from_teacher
@@ -76,10 +76,11 @@ def build_parts(cfg: RunConfig, run_dir: Path, device: torch.device) -> RunParts
         student_tok = teacher_tok
         if cfg.student.from_teacher is None:
             _check_student_tokenizer(cfg.student, teacher_tok)  # before loading any weights
+        _check_teacher_tokenizers(cfg, teacher_tok)
     t_vocab, vocab = real_vocab_size(teacher_tok), real_vocab_size(student_tok)
-    teacher = _teacher(cfg, t_vocab, device, align)
+    teacher = _teacher(cfg, t_vocab, device, align, teacher_tok)
     model = getattr(teacher, "model", None)
-    data = prepare_examples(raw, teacher_tok, student_tok, cfg, align)
+    data = prepare_examples(raw, teacher_tok, student_tok, cfg, align, routes=True)
     source = cfg.student.from_teacher
     if source is not None and source.prune is not None:
         assert model is not None
@@ -97,6 +98,8 @@ def build_parts(cfg: RunConfig, run_dir: Path, device: torch.device) -> RunParts
 
         keys = [example_key(ex) for ex in data.train]
         teacher.cache.check_compatible(teacher_tok, cfg.data.seq_len, keys)
+    if teacher is not None and teacher.kind == "multi":
+        teacher.check_caches(teacher_tok, cfg.data.seq_len, data.train)
     return RunParts(
         tokenizer=teacher_tok,
         teacher=teacher,
@@ -134,11 +137,21 @@ def _pruned(
     return student.to(device)
 
 
-def _teacher(cfg: RunConfig, vocab: int, device: torch.device, align: bool) -> Any:
+def _teacher(
+    cfg: RunConfig, vocab: int, device: torch.device, align: bool, tokenizer: Any = None
+) -> Any:
     """The teacher kind the recipe asks for, or None when nothing reads it."""
     needs = any(needs_teacher(t.kind) for t in cfg.objective.terms) or cfg.eval.teacher
     if not (needs or align or cfg.student.from_teacher is not None):
         return None
+    if cfg.teachers:
+        return _several(cfg, vocab, device, align, tokenizer)
+    if cfg.teacher.kind == "server":  # checked against the run's tokenizer before any weights
+        from anydistill.teachers.server import ServerTeacher
+
+        _check_sparse_terms(cfg)
+        settings = cfg.teacher.server_settings()
+        return ServerTeacher.connect(tokenizer, cfg.teacher.tail, cfg.data.seq_len, **settings)
     if cfg.teacher.kind == "cache":
         from anydistill.teachers.cache.reader import CachedTeacher
 
@@ -147,6 +160,55 @@ def _teacher(cfg: RunConfig, vocab: int, device: torch.device, align: bool) -> A
     seed = cfg.train.seed + 1
     model = freeze(load_model(cfg.teacher, "teacher", vocab, device, frozen=True, seed=seed))
     return AlignedTeacher(model) if align else LiveTeacher(model)
+
+
+def _several(
+    cfg: RunConfig, vocab: int, device: torch.device, align: bool, tokenizer: Any = None
+) -> Any:
+    """`teachers:`: each member built as a lone `teacher:` section would be (`_teacher`), the
+    first with the seed a lone teacher gets and member i with that seed + 1000 i, then
+    combined by `teachers.multi.MultiTeacher` (weights, or `route_by`)."""
+    from anydistill.teachers.multi import Member, MultiTeacher
+
+    members = []
+    for i, entry in enumerate(cfg.teachers or []):
+        section = ModelConfig.model_validate(entry.model_dump(exclude={"name", "weight"}))
+        train = cfg.train.model_copy(update={"seed": cfg.train.seed + 1000 * i})
+        alone = cfg.model_copy(update={"teacher": section, "teachers": None, "train": train})
+        try:
+            teacher = _teacher(alone, vocab, device, align, tokenizer)
+        except AnydistillError as err:  # it names `teacher.*`: say which of the teachers
+            raise type(err)(f"teachers.{i} ({entry.name}): {err}") from None
+        model = getattr(teacher, "model", None)
+        limit = max_positions(model) if isinstance(model, torch.nn.Module) else None
+        if limit is not None and cfg.data.seq_len > limit:
+            raise ConfigError(
+                f"data.seq_len is {cfg.data.seq_len} but teachers.{i} ({entry.name}) handles at "
+                f"most {limit} positions; lower data.seq_len"
+            )
+        members.append(Member(entry.name, entry.weight, teacher))
+    return MultiTeacher(members, route=cfg.route_by is not None)
+
+
+def _check_teacher_tokenizers(cfg: RunConfig, run_tok: PreTrainedTokenizerBase) -> None:
+    """Every teacher model past the first reads the run's tokenizer (before any weights)."""
+    from anydistill.errors import ModelError
+
+    for i, entry in enumerate(cfg.teachers or []):
+        source = entry.tokenizer if isinstance(entry.tokenizer, str) else entry.path
+        if i == 0 or entry.kind != "model" or source is None:
+            continue
+        field = f"teachers.{i}." + ("tokenizer" if isinstance(entry.tokenizer, str) else "path")
+        tok = load_tokenizer(
+            source, field=field, revision=entry.revision, trust_remote_code=entry.trust_remote_code
+        )
+        try:
+            check_same_tokenizer(run_tok, tok)
+        except ModelError:
+            raise ConfigError(
+                f"{field}: this teacher's tokenizer is not the first teacher's; several teachers "
+                "teach through the one tokenizer the student reads"
+            ) from None
 
 
 def aligned_params(cfg: RunConfig, teacher_tok: Any, student_tok: Any) -> dict[str, dict]:
@@ -209,14 +271,16 @@ def feature_plan(
 
 
 def _check_sparse_terms(cfg: RunConfig) -> None:
-    """Terms a top-k cache cannot serve are refused before any weights load, not at step 1."""
+    """Terms a top-k teacher (a cache, a server) cannot serve are refused before any weights
+    load, not at step 1."""
     from anydistill.losses.sparse import refusal
 
+    t = cfg.teacher
     for i, term in enumerate(cfg.objective.terms):
         why = (
             None
             if term.kind == "ce"
-            else refusal(term.kind, term.temperature, term.beta, term.alpha, cfg.teacher.tail)
+            else refusal(term.kind, term.temperature, term.beta, term.alpha, t.tail, t.kind)
         )
         if why is not None:
             raise ConfigError(f"objective.terms.{i}: {why} (teacher.tail is {cfg.teacher.tail})")

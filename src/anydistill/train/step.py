@@ -35,12 +35,19 @@ from accelerate import Accelerator
 from anydistill.data.views import Batch, StepInputs, pair_count, step_inputs, target_count
 from anydistill.errors import TrainingError
 from anydistill.losses import registry
-from anydistill.losses.engine import LossOutput, SparseTeacher, TeacherSignal, distill_loss
+from anydistill.losses.engine import (
+    LossOutput,
+    MixtureSignal,
+    SparseTeacher,
+    TeacherSignal,
+    distill_loss,
+)
 from anydistill.losses.features import FeaturePlan, feature_loss
 from anydistill.losses.objective import ActiveTerm, split_contrastive
 from anydistill.models.features import NO_EXTRAS, select_rows
 from anydistill.models.heads import output_head
 from anydistill.teachers import AlignedSignal, as_teacher
+from anydistill.teachers.multi import RoutedSignal, routed_loss
 from anydistill.train.guards import DeadGradientGuard, nan_message
 
 
@@ -206,7 +213,8 @@ def micro_batch_loss(
     vocab_terms = [t for t in terms if family(t.kind) == "vocabulary"]
     outs = []
     if vocab_terms:
-        dense = signal if isinstance(signal, TeacherSignal | SparseTeacher) else None
+        vocab_signals = TeacherSignal | SparseTeacher | MixtureSignal | RoutedSignal
+        dense = signal if isinstance(signal, vocab_signals) else None
         outs.append(
             vocabulary_loss(
                 student,
@@ -255,7 +263,7 @@ def micro_batch_loss(
 def vocabulary_loss(
     student: torch.nn.Module,
     hidden: torch.Tensor,
-    signal: TeacherSignal | SparseTeacher | None,
+    signal: TeacherSignal | SparseTeacher | MixtureSignal | RoutedSignal | None,
     inputs: StepInputs,
     terms: list[ActiveTerm],
     vocab_size: int,
@@ -265,8 +273,19 @@ def vocabulary_loss(
     selector: Any | None = None,
 ) -> LossOutput:
     """Vocabulary terms on the selected rows; `selector` (AdaSPEC's TokenSelector) keeps a
-    share of them, normalized by that share."""
+    share of them, normalized by that share. Routed teachers (`route_by`) score each row
+    against the teacher its sample names: the engine once per teacher, on its rows."""
     rows = hidden[:, :-1][inputs.select]
+    if isinstance(signal, RoutedSignal):
+        head = output_head(student)
+
+        def score(r: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, member: Any):
+            return distill_loss(
+                r, head, member, y, mask, terms, vocab_size=vocab_size, normalizer=normalizer,
+                engine=engine, chunk_size=chunk_size,
+            )  # fmt: skip
+
+        return routed_loss(signal, rows, inputs.labels, [t.name for t in terms], score)
     halves = split_contrastive(terms)
     if halves is None and selector is not None and isinstance(signal, TeacherSignal):
         keep = selector(

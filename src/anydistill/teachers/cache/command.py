@@ -1,4 +1,7 @@
-"""`anydistill cache`: a recipe's teacher and data -> a teacher cache (`writer.write_shards`)."""
+"""`anydistill cache`: a recipe's teacher and data -> a teacher cache (`writer.write_shards`).
+
+The teacher is a model, or a server (`teacher.kind: server`), which is asked for `--k`
+log-probs per token."""
 
 from __future__ import annotations
 
@@ -31,6 +34,8 @@ __all__ = ["CacheSettings", "write_cache"]
 
 def _teacher_identity(cfg: RunConfig) -> dict[str, Any]:
     t = cfg.teacher
+    if t.kind == "server":  # the served model's name; where it is served may change
+        return {"server": t.model}
     ident: dict[str, Any] = {"path": t.path, "revision": t.revision, "dtype": t.dtype}
     if t.init is not None:  # random weights: the config and the seed are the identity
         blob = json.dumps(t.init, sort_keys=True).encode()
@@ -82,9 +87,20 @@ def _write(cfg: RunConfig, out: Path, settings: CacheSettings, progress: bool) -
         len(samples),
     )
     done = previous_shards(out, header)  # a different cache in --out is refused before loading
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    if cfg.teacher.kind == "server":  # asked for --k log-probs per token, whatever top_k says
+        from anydistill.teachers.server import ServerTeacher
+
+        server = {**cfg.teacher.server_settings(), "top_k": settings.k, "k_key": "--k"}
+        teacher = ServerTeacher.connect(tokenizer, "bucket", cfg.data.seq_len, **server)
+        try:
+            return write_shards(
+                out, header, samples, teacher, codec, pad, settings, device, done, progress
+            )
+        finally:
+            teacher.close()
     teacher = freeze(load_model(cfg.teacher, "teacher", vocab, device, True, cfg.train.seed + 1))
     limit = max_positions(teacher)
     if limit is not None and cfg.data.seq_len > limit:
         raise ConfigError(f"data.seq_len is {cfg.data.seq_len} but the teacher handles {limit}")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return write_shards(out, header, samples, teacher, codec, pad, settings, device, done, progress)

@@ -67,7 +67,12 @@ class CacheSettings:
 
 @torch.no_grad()
 def _top_k_rows(teacher, batch: dict, codec: Codec, vocab: int, device) -> tuple[np.ndarray, list]:
-    """Encoded rows of every target position of the batch, and the row count per sample."""
+    """Encoded rows of every target position of the batch, and the row count per sample.
+    A teacher that is not a module (a server) gives its top-k itself, through its signal."""
+    if not isinstance(teacher, torch.nn.Module):
+        inputs = step_inputs(batch, torch.device("cpu"))
+        top = teacher.signal(inputs)
+        return codec.encode(top.ids, top.logp, top.log_tail), inputs.select.sum(dim=1).tolist()
     inputs = step_inputs(batch, device)
     hidden = HiddenStates(teacher)(inputs.input_ids, inputs.attention_mask)[:, :-1][inputs.select]
     head = output_head(teacher)
@@ -247,8 +252,14 @@ def _kept_shard(job: _Job, index: int, n_samples: int, listed: dict | None) -> d
 def _write_shard(job: _Job, index: int, chunk: list[tuple[str, dict]]) -> dict:
     rows_file, keys_file = shard_names(index)
     parts, counts = [], []
-    for start in range(0, len(chunk), job.settings.batch_size):
-        batch = collate([ex for _, ex in chunk[start : start + job.settings.batch_size]], job.pad)
+    size = job.settings.batch_size
+    batches = [
+        collate([ex for _, ex in chunk[start : start + size]], job.pad)
+        for start in range(0, len(chunk), size)
+    ]
+    if hasattr(job.teacher, "prefetch"):  # a server answers the whole shard concurrently
+        job.teacher.prefetch(batches)
+    for batch in batches:
         rows, per_sample = _top_k_rows(job.teacher, batch, job.codec, job.vocab, job.device)
         parts.append(rows)
         counts.extend(per_sample)
