@@ -5,6 +5,8 @@ these pydantic models; the CLI and the trainer translate them into plain argumen
 
 - `terms.py`: the objective section (term kinds, options, schedules);
 - `kinds.py`: the term registry's records (each kind's family, parameters, engines, teachers);
+- `models.py`: the teacher / student sections (and `teachers:` entries), pruning, LoRA;
+- `generate.py`: the `generate:` section of `anydistill generate`;
 - `schema.py`: every other section and the checks that span sections;
 - `files.py`: reading, overriding, validating, resolving and dumping recipes.
 """
@@ -19,19 +21,22 @@ from anydistill.config.files import (
     resolve_paths,
 )
 from anydistill.config.generate import TraceGenConfig
+from anydistill.config.models import (
+    FromTeacher,
+    LoraConfig,
+    ModelConfig,
+    PruneConfig,
+    TeacherEntry,
+    TokenizerTrain,
+)
 from anydistill.config.schema import (
     DataConfig,
     EvalConfig,
-    FromTeacher,
     GenerationConfig,
-    LoraConfig,
-    ModelConfig,
     OutputConfig,
-    PruneConfig,
     ReplayConfig,
     RunConfig,
     SourceConfig,
-    TokenizerTrain,
     TrainConfig,
 )
 from anydistill.config.terms import (
@@ -68,6 +73,7 @@ __all__ = [
     "RunConfig",
     "ScheduleConfig",
     "SourceConfig",
+    "TeacherEntry",
     "Strict",
     "TaidConfig",
     "TermConfig",

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from anydistill.config import RunConfig
-from anydistill.config.schema import SERVER_FIELDS
+from anydistill.config.models import SERVER_FIELDS
 from anydistill.data import BatchStream
 from anydistill.data.tokenize import Example
 from anydistill.generation import Sampling, derive_seed, make_backend
