@@ -446,3 +446,33 @@ def test_a_route_that_names_no_teacher_is_one_sentence(tmp_path):
     data["route_by"] = "missing"
     with pytest.raises(DataError, match="route_by: the training data has no `missing` column"):
         train(config_from_dict(data))
+
+
+class _Fetching:
+    """A member that records what it is asked to fetch ahead."""
+
+    def __init__(self) -> None:
+        self.fetched: list[list[dict]] = []
+        self.closed = False
+
+    def prefetch(self, batches):
+        self.fetched.append(batches)
+
+    def close(self):
+        self.closed = True
+
+
+def test_prefetch_reaches_the_members_that_fetch_ahead_with_their_own_rows():
+    from anydistill.teachers.multi import Member, MultiTeacher
+
+    a, b = _Fetching(), _Fetching()
+    batch = {"input_ids": torch.arange(12).reshape(3, 4), "route": torch.tensor([1, 0, 1])}
+    routed = MultiTeacher([Member("a", 1.0, a), Member("b", 1.0, b)], route=True)
+    routed.prefetch([batch])
+    assert a.fetched[0][0]["input_ids"].tolist() == [[4, 5, 6, 7]]
+    assert b.fetched[0][0]["input_ids"].tolist() == [[0, 1, 2, 3], [8, 9, 10, 11]]
+    mixed = MultiTeacher([Member("a", 1.0, a), Member("b", 0.0, b)])
+    mixed.prefetch([batch])
+    assert len(a.fetched) == 2 and len(b.fetched) == 1  # a weight-0 member is never asked
+    mixed.close()
+    assert a.closed and b.closed

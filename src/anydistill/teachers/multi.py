@@ -83,6 +83,21 @@ class MultiTeacher:
     def names(self) -> tuple[str, ...]:
         return tuple(m.name for m in self.members)
 
+    def prefetch(self, batches: Sequence[dict]) -> None:
+        """Hand coming micro-batches to the members that fetch ahead (server teachers): under
+        routing only the rows routed to each; a weight-0 mixture member is never asked."""
+        for index, member in enumerate(self.members):
+            fetch = getattr(member.teacher, "prefetch", None)
+            if fetch is None or (not self.route and member.weight == 0):
+                continue
+            fetch([_rows_of(b, index) for b in batches] if self.route else list(batches))
+
+    def close(self) -> None:
+        for member in self.members:
+            close = getattr(member.teacher, "close", None)
+            if close is not None:
+                close()
+
     def signal(self, inputs: StepInputs, needs: Needs = NO_EXTRAS) -> MixtureSignal | RoutedSignal:
         if self.route:
             return self._routed(inputs, needs)
@@ -186,3 +201,12 @@ def member_row(stats: dict[str, float]) -> dict[str, float]:
             row[key] = value / tokens
             row[f"teacher/{name}/agreement"] = stats.get(f"teacher/{name}/agree", 0.0) / tokens
     return row
+
+
+def _rows_of(batch: dict, index: int) -> dict:
+    """The rows of a collated batch routed to member `index` (per-row tensors sliced)."""
+    rows = batch["route"] == index
+    return {
+        k: v[rows] if isinstance(v, torch.Tensor) and v.shape[:1] == rows.shape else v
+        for k, v in batch.items()
+    }
