@@ -154,12 +154,11 @@ def test_a_persistent_500_is_one_sentence(server: _Server, monkeypatch: pytest.M
 
 def test_a_timeout_is_one_sentence(server: _Server):
     server.delay = 1.0
-    start = time.perf_counter()
     with pytest.raises(ModelError) as err:
         _sampler(server.url, timeout=0.2).sample(["x"])
     _one_sentence(str(err.value), "timeout")
     assert "within 0.2 s" in str(err.value)
-    assert time.perf_counter() - start < 1.0  # not retried
+    assert len(server.requests) == 1  # a timeout is not retried
 
 
 def test_an_unreachable_server_is_one_sentence():
