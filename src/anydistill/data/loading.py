@@ -146,6 +146,12 @@ def _read_json(path: Path, field: str) -> tuple[list[dict], list[int]]:
             if not isinstance(row, dict):
                 raise DataError(f"{field}: {path} line {line} is not a JSON object")
         return rows, lines
+    return json_lines(text, path, field)
+
+
+def json_lines(text: str, path: Path, field: str) -> tuple[list[dict], list[int]]:
+    """The objects of a JSON-lines text and the line of each (blank lines skipped); a line
+    that is not a JSON object is one sentence naming `field`, the file and the line."""
     rows, lines = [], []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

@@ -10,7 +10,6 @@ the n-gram it shares.
 from __future__ import annotations
 
 import gzip
-import json
 import logging
 import re
 import zlib
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict
 
+from anydistill.data.loading import json_lines
 from anydistill.errors import DataError
 from anydistill.paths import check_readable_file, decode_utf8, few
 
@@ -85,21 +85,8 @@ def load_benchmark(
     text = _read(path, field_name)
     texts: list[str] = []
     wanted = (text_field,) if text_field else TEXT_FIELDS
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(
-                f"{field_name}: {path} line {lineno} is not valid JSON ({err.msg}); a benchmark "
-                "file holds one JSON object per line"
-            ) from None
-        if not isinstance(row, dict):
-            raise DataError(
-                f"{field_name}: {path} line {lineno} is not a JSON object; a benchmark file "
-                "holds one JSON object per line"
-            )
+    rows, lines = json_lines(text, path, field_name)
+    for row, lineno in zip(rows, lines, strict=True):
         column = next((c for c in wanted if isinstance(row.get(c), str)), None)
         if column is None:
             if text_field:
