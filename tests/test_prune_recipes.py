@@ -32,7 +32,9 @@ def _cfg(tmp_path, recipe, name, **changes):
     )
 
 
-def test_width_pruned_student_trains_resumes_exactly_and_keeps_its_plan(tmp_path, capfd):
+def test_width_pruned_student_trains_resumes_exactly_and_keeps_its_plan(
+    tmp_path, capfd, monkeypatch
+):
     full = train(_cfg(tmp_path, "prune_width", "full"))
     shown = capfd.readouterr().err
     assert "hidden_size               64 -> 48" in shown  # the plan, told before training
@@ -45,6 +47,12 @@ def test_width_pruned_student_trains_resumes_exactly_and_keeps_its_plan(tmp_path
     AutoModelForCausalLM.from_pretrained(str(full / "final"))
 
     train(_cfg(tmp_path, "prune_width", "cut", train__stop_at_step=2))
+
+    def scored_again(*args, **kwargs):
+        raise AssertionError("the resume scored the teacher again instead of reusing pruned/")
+
+    # The resume slices the same student from the plan its start saved.
+    monkeypatch.setattr("anydistill.train.prune.compute_importance", scored_again)
     resumed = train(_cfg(tmp_path, "prune_width", "cut"))
     keys = ("step", "loss", "grad_norm", "term/fkl")
     assert [{k: r[k] for k in keys} for r in train_rows(full)] == [

@@ -1,7 +1,7 @@
 """Minitron pruning from a recipe: `student.from_teacher.prune` in a run, and `anydistill prune`.
 
-Importances come from the first `calibration` sequences of the recipe's training data (the
-same sequences every time, so a resumed run cuts the same student). The plan is printed
+Importances come from the first `calibration` sequences of the recipe's training data; a
+resumed run slices from the plan its start saved, without scoring the teacher again. The plan is printed
 before any weight moves; the plan and the importances are kept beside the run (`pruned/`) or
 the pruned model (`--out`).
 """
@@ -68,6 +68,23 @@ def pruned_student(
     if say is not None:
         say(plan.describe())
     return apply_plan(teacher, plan).to(torch.float32), plan, importance
+
+
+def saved_plan(folder: Path, prune: PruneConfig, teacher: PreTrainedModel) -> PrunePlan | None:
+    """The plan a resumed run made at its start (`pruned/prune_plan.json`), when it is for
+    this target and this teacher's shape: a resume then slices the same student without a
+    second calibration pass. None when there is none or it does not fit."""
+    from anydistill.models.prune.families import shape_of
+
+    path = folder / PLAN_FILE
+    if not path.is_file():
+        return None
+    try:
+        plan = PrunePlan.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None  # damaged: computed again and rewritten
+    same_target = plan.target == target_of(prune).to_dict()
+    return plan if same_target and plan.teacher == shape_of(teacher.config) else None
 
 
 def write_records(folder: Path, plan: PrunePlan, importance: Importance) -> None:

@@ -126,8 +126,18 @@ def _pruned(
     moves and kept, with the importances, in `pruned/`."""
     import sys
 
-    from anydistill.train.prune import calibration_batches, pruned_student, write_records
+    from anydistill.models.prune import apply_plan
+    from anydistill.train.prune import (
+        calibration_batches,
+        pruned_student,
+        saved_plan,
+        write_records,
+    )
 
+    plan = saved_plan(run_dir / "pruned", prune, teacher)
+    if plan is not None:  # a resumed run: the same cut, without scoring the teacher again
+        print(f"{plan.describe()}\n(the plan in {run_dir / 'pruned'})", file=sys.stderr)
+        return apply_plan(teacher, plan).to(torch.float32).to(device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     batches = calibration_batches(examples, prune.calibration, prune.batch_size, pad, device)
     student, plan, importance = pruned_student(
