@@ -1,9 +1,9 @@
 """Minitron pruning from a recipe: `student.from_teacher.prune` in a run, and `anydistill prune`.
 
 Importances come from the first `calibration` sequences of the recipe's training data; a
-resumed run slices from the plan its start saved, without scoring the teacher again. The plan is printed
-before any weight moves; the plan and the importances are kept beside the run (`pruned/`) or
-the pruned model (`--out`).
+resumed run slices from the plan its start saved, without scoring the teacher again. The plan
+is printed before any weight moves; the plan and the importances are kept beside the run
+(`pruned/`) or the pruned model (`--out`).
 """
 
 from __future__ import annotations
