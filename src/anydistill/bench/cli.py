@@ -292,3 +292,73 @@ def cache_cmd(
             f"write {r['write_tokens_per_s']:.0f} tok/s, train {r['train_tokens_per_s_cache']:.0f}"
             f" tok/s from cache vs {r['train_tokens_per_s_online']:.0f} online"
         )
+
+
+@bench_app.command("generate")
+def generate_cmd(
+    model: Annotated[list[str], typer.Option(help="hub id or local model directory (repeatable)")],
+    prompt_len: Annotated[
+        str, typer.Option(help="comma-separated prompt lengths in tokens")
+    ] = "1024,4096,16384",
+    new_tokens: Annotated[int, typer.Option(help="greedy tokens generated per prompt")] = 64,
+    batch: Annotated[int, typer.Option(help="prompts per generation")] = 1,
+    dtype: Annotated[
+        str, typer.Option(help="float32 or bfloat16 weights; default bfloat16 on CUDA")
+    ] = "",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    repeats: Annotated[int, typer.Option(help="timed runs per case (after one untimed)")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON list of records")] = False,
+    save: Annotated[
+        Path | None, typer.Option(help="also write records + machine + date here")
+    ] = None,
+) -> None:
+    """Prefill time, decode tokens/s, peak memory and cache bytes of greedy generation."""
+    from anydistill.errors import AnydistillError
+
+    if save is not None:
+        try:
+            check_writable_file(save, "--save")
+        except ConfigError as err:
+            _fail(str(err))
+    quiet_libraries()
+    from anydistill.bench.generate import (
+        GenerateSettings,
+        bench_generate,
+        check_models,
+        dtype_name,
+        parse_lengths,
+        print_generate_table,
+        save_generate,
+    )
+
+    try:
+        dev = _device(device)
+        settings = GenerateSettings(
+            prompt_lens=parse_lengths(prompt_len),
+            new_tokens=new_tokens,
+            batch=batch,
+            dtype=dtype_name(dtype, dev),
+            repeats=repeats,
+        )
+        settings.check()
+        check_models(model)
+    except AnydistillError as err:
+        _fail(str(err))
+
+    def progress(record: dict) -> None:
+        if not as_json:
+            state = record.get("skipped") or record.get("error")
+            if state is None:
+                state = f"prefill {record['prefill_s']:.3f} s, cache {record['cache_bytes']} B"
+            typer.echo(f"  {record['model']} {record['prompt_len']}: {state}", err=True)
+
+    try:
+        records = bench_generate(model, settings, dev, progress)
+        if save is not None:
+            save_generate(save, model, settings, dev, records)
+    except AnydistillError as err:
+        _fail(str(err))
+    if as_json:
+        typer.echo(json.dumps(records, indent=1))
+    else:
+        print_generate_table(records)
