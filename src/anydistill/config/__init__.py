@@ -22,7 +22,9 @@ from anydistill.config.files import (
 )
 from anydistill.config.generate import TraceGenConfig
 from anydistill.config.models import (
+    ConvertConfig,
     FromTeacher,
+    KeepAttention,
     LoraConfig,
     ModelConfig,
     PruneConfig,
@@ -31,6 +33,7 @@ from anydistill.config.models import (
 )
 from anydistill.config.schema import (
     DataConfig,
+    DistributedConfig,
     EvalConfig,
     GenerationConfig,
     OutputConfig,
@@ -39,6 +42,7 @@ from anydistill.config.schema import (
     SourceConfig,
     TrainConfig,
 )
+from anydistill.config.stages import StageConfig
 from anydistill.config.terms import (
     ALM_DIVERGENCES,
     ALM_TAU_RANGE,
@@ -60,9 +64,12 @@ __all__ = [
     "CROSS_OPTION_MODELS",
     "SOURCE_KINDS",
     "TEMPERATURE_RANGE",
+    "ConvertConfig",
     "DataConfig",
+    "DistributedConfig",
     "EvalConfig",
     "FromTeacher",
+    "KeepAttention",
     "GenerationConfig",
     "LoraConfig",
     "ModelConfig",
@@ -73,6 +80,7 @@ __all__ = [
     "RunConfig",
     "ScheduleConfig",
     "SourceConfig",
+    "StageConfig",
     "TeacherEntry",
     "Strict",
     "TaidConfig",

@@ -54,17 +54,53 @@ class PruneConfig(Strict):
         return self
 
 
+class KeepAttention(Strict):
+    """Which teacher layers stay attention in a converted student: `count` or `fraction` of
+    them, evenly spaced (`select: even`) or the ones whose attention lowers the KL to the
+    teacher most after a short mixer alignment on `calibration` training sequences
+    (`select: kl`, KL-guided layer selection)."""
+
+    count: int | None = Field(None, ge=0)
+    fraction: float | None = Field(None, ge=0.0, le=1.0)
+    select: Literal["even", "kl"] = "even"
+    calibration: int = Field(16, ge=1)  # sequences scored by `select: kl`
+    align_steps: int = Field(30, ge=0)  # mixer alignment steps before `select: kl` scores
+    align_lr: float = Field(1e-3, gt=0.0)
+
+    @model_validator(mode="after")
+    def _one_size(self) -> KeepAttention:
+        if (self.count is None) == (self.fraction is None):
+            raise ValueError("keep_attention: give exactly one of `count` or `fraction`")
+        return self
+
+
+class ConvertConfig(Strict):
+    """Convert the teacher into a hybrid of another architecture (anydistill.models.convert):
+    `to` a transformers model type, keeping attention in `keep_attention` layers (indices, or
+    a count / fraction); every other layer's attention becomes that architecture's mixer,
+    initialised from the attention weights where a mapping exists."""
+
+    to: str
+    keep_attention: list[int] | KeepAttention
+    state_size: int | None = Field(None, ge=1)
+    conv_kernel: int = Field(4, ge=2)
+
+
 class FromTeacher(Strict):
-    """Build the student from the teacher: keep these decoder layers (`layers`, weights copied)
-    or prune it to a shape (`prune`)."""
+    """Build the student from the teacher: keep these decoder layers (`layers`, weights copied),
+    prune it to a shape (`prune`) or convert it to another architecture (`convert`)."""
 
     layers: list[int] | None = Field(None, min_length=1)
     prune: PruneConfig | None = None
+    convert: ConvertConfig | None = None
 
     @model_validator(mode="after")
     def _one_way(self) -> FromTeacher:
-        if (self.layers is None) == (self.prune is None):
-            raise ValueError("give exactly one of `layers` (keep those layers) or `prune`")
+        given = [k for k in ("layers", "prune", "convert") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of `layers` (keep those layers), `prune` or `convert`"
+            )
         return self
 
 

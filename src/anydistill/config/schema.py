@@ -16,6 +16,7 @@ from anydistill.config import kinds
 from anydistill.config.base import Strict
 from anydistill.config.generate import TraceGenConfig
 from anydistill.config.models import ModelConfig, TeacherEntry, TokenizerTrain
+from anydistill.config.stages import StageConfig
 from anydistill.config.terms import ObjectiveConfig
 
 
@@ -109,6 +110,18 @@ class SourceConfig(Strict):
         return not (self.kind in off_policy_kinds and self.off_policy == "teacher")
 
 
+class DistributedConfig(Strict):
+    """How the processes of a multi-process launch share the models. `ddp`: each holds the
+    whole student and teacher. `fsdp2`: torch's `fully_shard` splits the student and every live
+    teacher block by block across the processes; a block's weights are gathered for its
+    forward (and backward) and freed after, unless the matching `*_reshard_after_forward` is
+    false (faster, more memory)."""
+
+    strategy: Literal["ddp", "fsdp2"] = "ddp"
+    reshard_after_forward: bool = True  # the student's blocks, between forward and backward
+    teacher_reshard_after_forward: bool = True  # a frozen teacher's blocks, after its forward
+
+
 class TrainConfig(Strict):
     seed: int = Field(0, ge=0, lt=2**32)
     max_steps: int = Field(100, ge=1)
@@ -125,6 +138,7 @@ class TrainConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     gradient_checkpointing: bool = False
     compile: bool = False
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     log_every: int = Field(10, ge=1)
     # Checkpoints: every `save_every` steps and every `save_minutes` minutes (0 turns either
     # off), and always at the last step, so a stopped run resumes losing little.
@@ -170,6 +184,7 @@ class RunConfig(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    stages: list[StageConfig] | None = Field(None, min_length=1)
     generate: TraceGenConfig | None = None  # `anydistill generate` (traces)
     # Several teachers (anydistill.teachers.multi), instead of `teacher:`; the first one is
     # the run's `teacher` (tokenizer, sampling, student.from_teacher, eval's teacher/*).
@@ -202,6 +217,7 @@ class RunConfig(Strict):
     @model_validator(mode="after")
     def _combinations(self) -> RunConfig:
         self._check_teachers()
+        self._check_stages()  # first: stages set train.max_steps
         if self.teacher.from_teacher is not None:
             raise ValueError("teacher.from_teacher: only the student can be built from the teacher")
         if self.teacher.lora is not None:
@@ -240,6 +256,7 @@ class RunConfig(Strict):
             raise ValueError("train.warmup_steps must be smaller than train.max_steps")
         self._check_source()
         self._check_features()
+        self._check_distributed()
         if self.objective.cross_tokenizer():
             self._check_cross()
         elif isinstance(self.student.tokenizer, TokenizerTrain):
@@ -250,6 +267,64 @@ class RunConfig(Strict):
                 "shares the teacher's"
             )
         return self
+
+    def _check_stages(self) -> None:
+        """Stage names unique, their terms in the objective, their steps the run's length."""
+        if self.stages is None:
+            return
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stages: stage names must be unique, got {names}")
+        terms = [t.name or t.kind for t in self.objective.terms]
+        for i, stage in enumerate(self.stages):
+            unknown = [n for n in stage.terms or [] if n not in terms]
+            if unknown:
+                raise ValueError(
+                    f"stages.{i}.terms: `{unknown[0]}` is not a term of objective.terms "
+                    f"(names: {', '.join(terms)})"
+                )
+            convert = self.student.from_teacher is not None and self.student.from_teacher.convert
+            if stage.trainable == "mixers" and not convert:
+                raise ValueError(
+                    f"stages.{i}.trainable: `mixers` are the layers a conversion made; it needs "
+                    "student.from_teacher.convert"
+                )
+        total = sum(s.steps for s in self.stages)
+        if "max_steps" not in self.train.model_fields_set:
+            self.train.max_steps = total
+        elif self.train.max_steps != total:
+            raise ValueError(
+                f"train.max_steps is {self.train.max_steps} but the stages add up to {total} "
+                "steps; drop train.max_steps (the stages set it) or make them agree"
+            )
+        if self.train.warmup_steps >= min(s.steps for s in self.stages) and self.train.warmup_steps:
+            raise ValueError(
+                "train.warmup_steps applies within each stage and must be shorter than the "
+                "shortest stage"
+            )
+
+    def _check_distributed(self) -> None:
+        """What fsdp2 does not cover yet, refused before anything loads."""
+        if self.train.distributed.strategy != "fsdp2":
+            return
+        if self.student.lora is not None:
+            raise ValueError(
+                "student.lora: LoRA under train.distributed.strategy fsdp2 is not supported; "
+                "use strategy ddp (LoRA's frozen base fits where its adapters train)"
+            )
+        if self.train.compile:
+            raise ValueError(
+                "train.compile: compiling a sharded student is not supported; set it to false "
+                "with train.distributed.strategy fsdp2"
+            )
+        if self.source.generates() and not (
+            self.source.kind == "teacher_generated" and self.source.mode == "upfront"
+        ):
+            raise ValueError(
+                f"source.kind: `{self.source.kind}` samples from a model while training, which "
+                "sharded models cannot do yet; use strategy ddp, or source.kind dataset or "
+                "teacher_generated with mode upfront"
+            )
 
     def _check_cross(self) -> None:
         # Kinds that only score the student over the teacher's own vocabulary.
@@ -393,7 +468,8 @@ class RunConfig(Strict):
             )
 
     def _check_teachers(self) -> None:
-        """`teachers:` (several teachers on the student's tokenizer) and `route_by`."""
+        """`teachers:` (several teachers: on the student's tokenizer, or in a cross-tokenizer
+        run each on its own) and `route_by`."""
         entries = self.teachers
         if entries is None:
             if self.route_by is not None:
@@ -402,6 +478,7 @@ class RunConfig(Strict):
                     "`teachers:` or drop route_by"
                 )
             return
+        cross = self.objective.cross_tokenizer()
         seen: dict[str, int] = {}
         for i, entry in enumerate(entries):
             if entry.name in seen:
@@ -414,10 +491,17 @@ class RunConfig(Strict):
                 raise ValueError(f"teachers.{i}.from_teacher: only the student is built that way")
             if entry.lora is not None:
                 raise ValueError(f"teachers.{i}.lora: teachers are frozen; give the student `lora`")
-            if i and entry.tokenizer is not None and entry.tokenizer != entries[0].tokenizer:
+            same = entry.tokenizer is None or entry.tokenizer == entries[0].tokenizer
+            if i and not cross and not same:
                 raise ValueError(
                     f"teachers.{i}.tokenizer: every teacher reads the run's one tokenizer, the "
-                    "first teacher's; drop it here"
+                    "first teacher's, unless the objective has cross-tokenizer terms; drop it here"
+                )
+            if cross and entry.kind != "model":
+                raise ValueError(
+                    f"teachers.{i}.kind: cross-tokenizer terms run each teacher's model on its "
+                    f"own tokens, which a `{entry.kind}` teacher does not hold; use a teacher "
+                    "model (path or init)"
                 )
             if self.route_by is None and entry.kind != "model":
                 raise ValueError(
@@ -434,12 +518,10 @@ class RunConfig(Strict):
             raise ValueError("teachers: every weight is 0; give at least one teacher a weight > 0")
         terms = self.objective.terms
         for i, term in enumerate(terms):
-            family = kinds.get(term.kind).family
-            if family in ("cross", "feature"):
-                what = "chunks of its own tokenizer" if family == "cross" else "layer activations"
+            if kinds.get(term.kind).family == "feature":
                 raise ValueError(
-                    f"objective.terms.{i}: `{term.kind}` compares one teacher's {what}; several "
-                    "teachers teach through the student's tokenizer and distributions only, so "
+                    f"objective.terms.{i}: `{term.kind}` compares one teacher's layer "
+                    "activations; several teachers teach through their distributions only, so "
                     "drop the term or use a single `teacher:`"
                 )
         if self.objective.token_selection is not None:

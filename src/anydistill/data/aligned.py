@@ -177,9 +177,15 @@ def collate_cross(
 
     Chunks that lose a token to the cut, or that contain a sequence's first token (which no
     row predicts), are dropped on both sides; the rest are renumbered with per-pair offsets.
+    Examples aligned to several teachers (`data.members.MultiCrossExample`) collate into a
+    `MultiCrossTokens` instead, each member with its own vocabulary (`teacher_vocab` unused).
     """
     if max_len is not None and max_len < 2:
         raise ValueError(f"max_len must be at least 2, got {max_len}")
+    if examples and not isinstance(examples[0], CrossExample):
+        from anydistill.data.members import collate_members
+
+        return collate_members(examples, student_vocab, max_len)  # type: ignore[return-value]
     t_seqs, s_seqs, t_rows, s_rows, ce_rows, nbytes = [], [], [], [], [], []
     t_off, s_off, c_off = [0], [0], [0]
     for ex in examples:

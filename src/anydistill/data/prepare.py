@@ -3,14 +3,16 @@
 `load_run_data` reads and checks the records once. `prepare_examples` is the align stage:
 with one tokenizer (the identity alignment) records are tokenized into `Example`s; with two,
 each record is tokenized by both and cut into chunks that spell the same bytes
-(`CrossExample`s). Either way the result has `train`, `eval`, `mode` and `dropped`, and the
-sources, the step and the evaluators take it from there.
+(`CrossExample`s). With several teachers on their own tokenizers each training record is
+aligned to every teacher that teaches it, with the same student windows for all
+(`data.align_members`: `MultiCrossExample`s). Either way the result has `train`, `eval`, `mode`
+and `dropped`, and the sources, the step and the evaluators take it from there.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,13 +61,30 @@ def prepare_examples(
     align: bool,
     progress: bool | None = None,
     routes: bool = False,
+    member_toks: Sequence[Any] | None = None,
 ) -> TokenizedData | AlignedData:
     """Tokenized examples (`align` false: both models read `student_tok`), or examples
     aligned across the two tokenizers (with a progress bar unless `progress` is False).
-    `routes`: each training example gets its teacher's index from the `route_by` column."""
+    `routes`: each training example gets its teacher's index from the `route_by` column.
+    `member_toks` (aligned, `teachers:`): each member's tokenizer, the same object for members
+    that share one; training records are then aligned to each teacher that teaches them."""
     if align:
         show = cfg.train.progress if progress is None else progress
-        data = align_data(raw.train, raw.eval, teacher_tok, student_tok, cfg.data, progress=show)
+        if member_toks is not None and cfg.teachers:
+            from anydistill.data.align_members import align_members
+
+            route = None
+            if routes and cfg.route_by is not None:
+                route = (cfg.route_by, [t.name for t in cfg.teachers])
+            weights = [t.weight for t in cfg.teachers]
+            data = align_members(
+                raw.train, raw.eval, teacher_tok, student_tok, member_toks, weights, cfg.data,
+                route, progress=show,
+            )  # fmt: skip
+        else:
+            data = align_data(
+                raw.train, raw.eval, teacher_tok, student_tok, cfg.data, progress=show
+            )
         if data.dropped:
             log.warning("data: dropped %d sequences with no aligned target chunk", data.dropped)
         return data

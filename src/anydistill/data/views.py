@@ -2,10 +2,11 @@
 when the teacher reads another tokenizer, the aligned teacher side.
 
 A source yields either a padded dict (`input_ids`, `attention_mask`, `loss_mask`, and for
-paired batches `teacher_rows`, for trace pairs `pair_role`) or `CrossTokens` (both
-tokenizations of the same texts, with their chunks). `step_inputs` turns either into one
-`StepInputs`, so the training step, the evaluators and the cache writer never ask which one
-they got.
+paired batches `teacher_rows`, for trace pairs `pair_role`), `CrossTokens` (both
+tokenizations of the same texts, with their chunks) or, with several teachers on their own
+tokenizers, `MultiCrossTokens` (the student's tokens once, each teacher's alignment of its
+rows). `step_inputs` turns any of them into one `StepInputs`, so the training step, the
+evaluators and the cache writer never ask which one they got.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from dataclasses import dataclass
 import torch
 
 from anydistill.data.aligned import CrossTokens
+from anydistill.data.members import MultiCrossTokens
 
-Batch = dict[str, torch.Tensor] | CrossTokens
+Batch = dict[str, torch.Tensor] | CrossTokens | MultiCrossTokens
 
 
 @dataclass
@@ -28,7 +30,8 @@ class StepInputs:
     select: torch.Tensor  # [B, T-1] bool: which positions predict a target token
     labels: torch.Tensor  # [N] the target tokens of the selected positions
     teacher_rows: torch.Tensor | None = None  # [N] bool: token is in a teacher response
-    aligned: CrossTokens | None = None  # the teacher's own tokens and the shared chunks
+    # The teacher's own tokens and the shared chunks (several teachers: each one's own).
+    aligned: CrossTokens | MultiCrossTokens | None = None
     # Trace pairs (source `paired_traces`): each row's role, +1 a correct completion, -1 an
     # incorrect one (0 neither), and every completion's targets `[B, T-1]`. `select` then
     # holds the correct completions' only: every other term trains on those alone.
@@ -38,7 +41,7 @@ class StepInputs:
 
 
 def step_inputs(batch: Batch, device: torch.device) -> StepInputs:
-    if isinstance(batch, CrossTokens):
+    if isinstance(batch, CrossTokens | MultiCrossTokens):
         return _aligned_inputs(batch, device)
     ids = batch["input_ids"].to(device)
     mask = batch["attention_mask"].to(device)
@@ -59,7 +62,7 @@ def step_inputs(batch: Batch, device: torch.device) -> StepInputs:
     return StepInputs(ids, mask, select, ids[:, 1:][select], rows, route=route)
 
 
-def _aligned_inputs(tokens: CrossTokens, device: torch.device) -> StepInputs:
+def _aligned_inputs(tokens: CrossTokens | MultiCrossTokens, device: torch.device) -> StepInputs:
     # `student_ce` lists the attended positions in row-major order and marks those whose
     # next token is a target: laid back on the grid it is the dict path's loss_mask[:, 1:].
     attention = tokens.student_attention
@@ -67,12 +70,16 @@ def _aligned_inputs(tokens: CrossTokens, device: torch.device) -> StepInputs:
     grid[attention] = tokens.student_ce
     ids = tokens.student_ids.to(device)
     select = grid[:, :-1].to(device)
-    return StepInputs(ids, attention.long().to(device), select, ids[:, 1:][select], aligned=tokens)
+    route = getattr(tokens, "route", None)
+    route = route.to(device) if route is not None else None
+    return StepInputs(
+        ids, attention.long().to(device), select, ids[:, 1:][select], aligned=tokens, route=route
+    )
 
 
 def target_count(batch: Batch) -> int:
     """How many positions of `batch` predict a target token (the step's token normalizer)."""
-    if isinstance(batch, CrossTokens):
+    if isinstance(batch, CrossTokens | MultiCrossTokens):
         return int(batch.student_ce.sum())
     select = batch["loss_mask"][:, 1:]
     role = batch.get("pair_role")
@@ -83,5 +90,5 @@ def target_count(batch: Batch) -> int:
 
 def pair_count(batch: Batch) -> int:
     """How many correct/incorrect trace pairs `batch` holds (REDI's normalizer)."""
-    role = None if isinstance(batch, CrossTokens) else batch.get("pair_role")
+    role = None if isinstance(batch, CrossTokens | MultiCrossTokens) else batch.get("pair_role")
     return 0 if role is None else int((role > 0).sum())

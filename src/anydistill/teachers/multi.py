@@ -17,17 +17,24 @@ student's tokenizer. Two ways to combine them:
 
 Either way the step logs each member's KL to the student on the rows it teaches,
 `teacher/<name>/kl`, and its top-1 agreement (`member_row`).
+
+In a cross-tokenizer run each member is an `AlignedTeacher` on its own tokenizer and the batch
+comes aligned to each (`data.members.MultiCrossTokens`); `signal` then returns
+`multi_aligned.AlignedMembers`, each member with its vocabulary maps (`Member.params`), and
+the step mixes the members' losses, not their distributions (`losses.cross.members`). The
+train rows then log `teacher/<name>/loss` and `teacher/<name>/<term>` per member.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from anydistill.data.members import MultiCrossTokens
 from anydistill.data.views import StepInputs
 from anydistill.errors import ConfigError, TrainingError
 from anydistill.losses.engine import LossOutput, MixtureSignal, member_stats
@@ -45,6 +52,9 @@ class Member:
     name: str
     weight: float
     teacher: Any  # a teachers.Teacher
+    # Cross-tokenizer runs: per aligned term name, its options with the vocabulary maps of this
+    # member's tokenizer and the student's (`losses.cross.prepare_cross_params`).
+    params: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -98,7 +108,13 @@ class MultiTeacher:
             if close is not None:
                 close()
 
-    def signal(self, inputs: StepInputs, needs: Needs = NO_EXTRAS) -> MixtureSignal | RoutedSignal:
+    def signal(self, inputs: StepInputs, needs: Needs = NO_EXTRAS) -> Any:
+        """`MixtureSignal` or `RoutedSignal`; `AlignedMembers` for a batch aligned to each
+        member's own tokenizer."""
+        if isinstance(inputs.aligned, MultiCrossTokens):
+            from anydistill.teachers.multi_aligned import aligned_signal
+
+            return aligned_signal(self, inputs, needs)
         if self.route:
             return self._routed(inputs, needs)
         active = [m for m in self.members if m.weight > 0]
@@ -192,9 +208,13 @@ def routed_loss(
 
 def member_row(stats: dict[str, float]) -> dict[str, float]:
     """`teacher/<name>/kl` and `teacher/<name>/agreement` per member, from a step's summed
-    stats (each over the tokens that member teaches)."""
+    stats (each over the tokens that member teaches); with members on their own tokenizers,
+    `teacher/<name>/loss` and `teacher/<name>/<term>` (already divided by that member's
+    units, from the stats `aligned/<name>/...`)."""
     row: dict[str, float] = {}
     for key, value in stats.items():
+        if key.startswith("aligned/"):
+            row["teacher/" + key.removeprefix("aligned/")] = value
         if key.startswith("teacher/") and key.endswith("/kl"):
             name = key[len("teacher/") : -len("/kl")]
             tokens = max(stats.get(f"teacher/{name}/tokens", 0.0), 1.0)

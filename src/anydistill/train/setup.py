@@ -3,7 +3,10 @@
 This is the one place that reads config sections for models and data; the components it
 calls take plain arguments. One path serves every run: the student's tokenizer is the
 teacher's unless an aligned (cross-tokenizer) term asks for its own, and then the teacher
-becomes an `AlignedTeacher` and the data goes through the align stage.
+becomes an `AlignedTeacher` and the data goes through the align stage. Several teachers in a
+cross-tokenizer run each read their own tokenizer (`train.member_tokenizers`): each is an
+`AlignedTeacher` built for its vocabulary, the data is aligned to each one's tokenizer, and
+each member carries its own aligned terms' options (`Member.params`, vocabulary maps).
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ class RunParts:
     vocab_size: int  # the student's
     student_tokenizer: PreTrainedTokenizerBase | None = None  # when it differs
     teacher_vocab: int | None = None
-    aligned_params: dict[str, dict] = field(default_factory=dict)  # per aligned term
+    # Per aligned term (one teacher; several teachers carry theirs in `Member.params`).
+    aligned_params: dict[str, dict] = field(default_factory=dict)
     features: FeaturePlan | None = None  # feature terms: layer pairs and projections
 
     @property
@@ -70,17 +74,25 @@ def build_parts(cfg: RunConfig, run_dir: Path, device: torch.device) -> RunParts
     raw = load_run_data(cfg)
     teacher_tok = teacher_tokenizer(cfg, run_dir, raw.texts(cfg))
     align = cfg.objective.cross_tokenizer()
+    member_toks = None  # several teachers on their own tokenizers: each one's
     if align:
         student_tok = student_tokenizer(cfg, run_dir, raw.texts(cfg), teacher_tok)
+        if cfg.teachers:
+            from anydistill.train.member_tokenizers import member_tokenizers
+
+            texts = raw.texts(cfg)
+            member_toks = member_tokenizers(cfg, run_dir, texts, teacher_tok, student_tok)
     else:
         student_tok = teacher_tok
         if cfg.student.from_teacher is None:
             _check_student_tokenizer(cfg.student, teacher_tok)  # before loading any weights
         _check_teacher_tokenizers(cfg, teacher_tok)
     t_vocab, vocab = real_vocab_size(teacher_tok), real_vocab_size(student_tok)
-    teacher = _teacher(cfg, t_vocab, device, align, teacher_tok)
+    teacher = _teacher(cfg, t_vocab, device, align, teacher_tok, member_toks)
     model = getattr(teacher, "model", None)
-    data = prepare_examples(raw, teacher_tok, student_tok, cfg, align, routes=True)
+    data = prepare_examples(
+        raw, teacher_tok, student_tok, cfg, align, routes=True, member_toks=member_toks
+    )
     source = cfg.student.from_teacher
     if source is not None and source.prune is not None:
         assert model is not None
@@ -100,6 +112,9 @@ def build_parts(cfg: RunConfig, run_dir: Path, device: torch.device) -> RunParts
         teacher.cache.check_compatible(teacher_tok, cfg.data.seq_len, keys)
     if teacher is not None and teacher.kind == "multi":
         teacher.check_caches(teacher_tok, cfg.data.seq_len, data.train)
+    params = aligned_params(cfg, teacher_tok, student_tok) if align and not member_toks else {}
+    if member_toks is not None:
+        _member_params(cfg, teacher, member_toks, student_tok)
     return RunParts(
         tokenizer=teacher_tok,
         teacher=teacher,
@@ -108,7 +123,7 @@ def build_parts(cfg: RunConfig, run_dir: Path, device: torch.device) -> RunParts
         vocab_size=vocab,
         student_tokenizer=student_tok if align else None,
         teacher_vocab=t_vocab,
-        aligned_params=aligned_params(cfg, teacher_tok, student_tok) if align else {},
+        aligned_params=params,
         features=feature_plan(cfg, student, model),
     )
 
@@ -148,14 +163,19 @@ def _pruned(
 
 
 def _teacher(
-    cfg: RunConfig, vocab: int, device: torch.device, align: bool, tokenizer: Any = None
+    cfg: RunConfig,
+    vocab: int,
+    device: torch.device,
+    align: bool,
+    tokenizer: Any = None,
+    member_toks: list | None = None,
 ) -> Any:
     """The teacher kind the recipe asks for, or None when nothing reads it."""
     needs = any(needs_teacher(t.kind) for t in cfg.objective.terms) or cfg.eval.teacher
     if not (needs or align or cfg.student.from_teacher is not None):
         return None
     if cfg.teachers:
-        return _several(cfg, vocab, device, align, tokenizer)
+        return _several(cfg, vocab, device, align, tokenizer, member_toks)
     if cfg.teacher.kind == "server":  # checked against the run's tokenizer before any weights
         from anydistill.teachers.server import ServerTeacher
 
@@ -173,11 +193,17 @@ def _teacher(
 
 
 def _several(
-    cfg: RunConfig, vocab: int, device: torch.device, align: bool, tokenizer: Any = None
+    cfg: RunConfig,
+    vocab: int,
+    device: torch.device,
+    align: bool,
+    tokenizer: Any = None,
+    member_toks: list | None = None,
 ) -> Any:
     """`teachers:`: each member built as a lone `teacher:` section would be (`_teacher`), the
     first with the seed a lone teacher gets and member i with that seed + 1000 i, then
-    combined by `teachers.multi.MultiTeacher` (weights, or `route_by`)."""
+    combined by `teachers.multi.MultiTeacher` (weights, or `route_by`). `member_toks`: each
+    member's own tokenizer (cross-tokenizer runs), whose vocabulary its model is built for."""
     from anydistill.teachers.multi import Member, MultiTeacher
 
     members = []
@@ -185,8 +211,10 @@ def _several(
         section = ModelConfig.model_validate(entry.model_dump(exclude={"name", "weight"}))
         train = cfg.train.model_copy(update={"seed": cfg.train.seed + 1000 * i})
         alone = cfg.model_copy(update={"teacher": section, "teachers": None, "train": train})
+        own_tok = member_toks[i] if member_toks is not None else tokenizer
+        own_vocab = real_vocab_size(own_tok) if member_toks is not None else vocab
         try:
-            teacher = _teacher(alone, vocab, device, align, tokenizer)
+            teacher = _teacher(alone, own_vocab, device, align, own_tok)
         except AnydistillError as err:  # it names `teacher.*`: say which of the teachers
             raise type(err)(f"teachers.{i} ({entry.name}): {err}") from None
         model = getattr(teacher, "model", None)
@@ -219,6 +247,18 @@ def _check_teacher_tokenizers(cfg: RunConfig, run_tok: PreTrainedTokenizerBase) 
                 f"{field}: this teacher's tokenizer is not the first teacher's; several teachers "
                 "teach through the one tokenizer the student reads"
             ) from None
+
+
+def _member_params(cfg: RunConfig, teacher: Any, toks: list, student_tok: Any) -> None:
+    """Each member that teaches gets the aligned terms' options for its own tokenizer
+    (vocabulary maps made once per distinct tokenizer); a weight-0 member of a mixture is
+    never run and gets none."""
+    made: dict[int, dict[str, dict]] = {}
+    for member, tok in zip(teacher.members, toks, strict=True):
+        if teacher.route or member.weight > 0:
+            if id(tok) not in made:
+                made[id(tok)] = aligned_params(cfg, tok, student_tok)
+            member.params = made[id(tok)]
 
 
 def aligned_params(cfg: RunConfig, teacher_tok: Any, student_tok: Any) -> dict[str, dict]:

@@ -10,7 +10,8 @@ vocabulary (a live teacher's head, or the cache's top-k); aligned terms (alm, ul
 gold_hybrid, mined) score them against a teacher on another tokenizer, chunk by chunk.
 Feature terms (hidden, attention) compare student layers with teacher layers at the same
 rows (`losses/features.py`). Vocabulary and feature terms are divided by the step's target
-tokens; each aligned term by the units its sum runs over (its chunks). Both are counted over
+tokens; each aligned term by the units its sum runs over (its chunks; with several teachers
+on their own tokenizers, each teacher's own, see `train/aligned.py`). Both are counted over
 all micro-batches and ranks before the first backward, so gradient accumulation and DDP give
 the gradient of one big batch.
 
@@ -46,8 +47,9 @@ from anydistill.losses.features import FeaturePlan, feature_loss
 from anydistill.losses.objective import ActiveTerm, split_contrastive
 from anydistill.models.features import NO_EXTRAS, select_rows
 from anydistill.models.heads import output_head
-from anydistill.teachers import AlignedSignal, as_teacher
+from anydistill.teachers import as_teacher
 from anydistill.teachers.multi import RoutedSignal, routed_loss
+from anydistill.train.aligned import aligned_loss, aligned_units
 from anydistill.train.guards import DeadGradientGuard, nan_message
 
 
@@ -103,19 +105,6 @@ def train_step(parts: StepParts, step: int, batches: list[Batch], terms: list) -
     return result
 
 
-def aligned_units(accelerator: Accelerator, batches: list[Batch], terms: list) -> dict:
-    """Per aligned term: how many units its sum runs over in the whole step (all chunks for
-    alm and gold_hybrid, the one-to-one chunks for uld and mined)."""
-    from anydistill.losses.cross import term_units
-
-    out = {}
-    for term in terms:
-        if family(term.kind) == "aligned":
-            local = sum(term_units(term.kind, b) for b in batches)
-            out[term.name] = _global(accelerator, local)
-    return out
-
-
 def accumulate(
     parts: StepParts,
     batches: list[Batch],
@@ -166,7 +155,9 @@ def accumulate(
         # Measured even without clipping (an infinite limit scales by exactly 1): the run's
         # guards need it to tell a dead student from a learning one.
         limit = parts.max_grad_norm if parts.max_grad_norm is not None else float("inf")
-        grad_norm = float(acc.clip_grad_norm_(parts.model.parameters(), limit))
+        norm = acc.clip_grad_norm_(parts.model.parameters(), limit)
+        # A sharded student's norm is a DTensor: the total over every process's shards.
+        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
     return StepResult(
         loss=packed[0],
         terms=dict(zip(keys, packed[1 : 1 + len(keys)], strict=True)),
@@ -321,43 +312,6 @@ def vocabulary_loss(
         for mask, part_terms in parts
     ]
     return outs[0] if len(outs) == 1 else merge_outputs(outs)
-
-
-def aligned_loss(
-    student: torch.nn.Module,
-    hidden: torch.Tensor,
-    signal: AlignedSignal | None,
-    inputs: StepInputs,
-    terms: list[ActiveTerm],
-    params: dict[str, dict] | None,
-    units: dict[str, torch.Tensor] | None,
-) -> LossOutput:
-    """Aligned terms over the batch's chunks, each divided by its global units. Hinton's
-    T**2 scales uld, gold_hybrid and mined as it does the divergences; alm's temperature is
-    its binarisation tau. A zero-weight term is computed without gradient and logged."""
-    from anydistill.losses.cross import cross_loss
-
-    if not isinstance(signal, AlignedSignal) or inputs.aligned is None:
-        raise TrainingError(
-            f"term {terms[0].name!r} ({terms[0].kind}) compares two tokenizers; it needs a "
-            "teacher on its own tokenizer and data through the align stage"
-        )
-    batch = inputs.aligned.batch(hidden, signal.hidden)
-    loss = hidden.new_zeros((), dtype=torch.float32)
-    values: dict[str, torch.Tensor] = {}
-    for term in terms:
-        count = units[term.name].clamp(min=1.0) if units else torch.ones((), device=hidden.device)
-        grad = contextlib.nullcontext() if term.weight > 0 else torch.no_grad()
-        with grad:
-            total, _ = cross_loss(
-                term.kind, batch, output_head(student), signal.head, (params or {})[term.name]
-            )
-        scale = 1.0 if term.kind == "alm" else term.temperature**2
-        if term.weight > 0:
-            loss = loss + term.weight * scale * total / count
-        values[term.name] = scale * total.detach() / count
-    chunks = torch.tensor(float(inputs.aligned.n_chunks), device=hidden.device)
-    return LossOutput(loss=loss, terms=values, stats={"chunks": chunks})
 
 
 def sequence_loss(
