@@ -30,6 +30,7 @@ TINY = ROOT / "recipes" / "tiny"
 SLOW_FILES = {
     "test_demo.py": 150,
     "test_ddp.py": 75,
+    "test_fsdp2.py": 40,
     "test_train_options.py": 70,
     "test_cache.py": 45,
     "test_resume_safety.py": 45,

@@ -88,6 +88,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         tie_word_embeddings=False,
         max_position_embeddings=131072,
     ),
+    "llama3.1-70b": _llama3(
+        hidden=8192,
+        inter=28672,
+        layers=80,
+        heads=64,
+        kv=8,
+        head_dim=128,
+        tie_word_embeddings=False,
+        rope_scaling={**_LLAMA3_ROPE, "factor": 8.0},
+    ),
     "llama3.1-8b": _llama3(
         hidden=4096,
         inter=14336,

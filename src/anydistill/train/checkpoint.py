@@ -6,6 +6,10 @@ whole; `checksums.json`, written last, records the size and sha256 of every othe
 truncated, deleted or bit-flipped file is found on resume and the run falls back to the
 newest checkpoint that is whole. Tensors go through safetensors /
 `torch.load(weights_only=True)`: nothing is unpickled.
+
+A sharded student (fsdp2) is saved as `sharded/` instead of `student.safetensors`: torch
+distributed checkpoint files each process writes (student, projections and optimizer state);
+rank 0 writes the rest and the checksums of every file, shards included.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +39,7 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 CHECKSUMS = "checksums.json"
 FILES = ("student.safetensors", "trainer.pt", "state.json")
 EXTRAS = "extras.safetensors"
+SHARDS = "sharded"  # a sharded student's distributed-checkpoint folder
 
 
 def rng_state() -> dict[str, Any]:
@@ -102,30 +108,35 @@ def save_checkpoint(
     state: dict[str, Any],
     keep: int,
     extras: torch.nn.Module | None = None,
+    sharded: bool = False,
 ) -> Path:
-    """Write `root/step-N/` atomically and keep only the newest `keep` checkpoints.
+    """Write `root/step-N/` atomically and keep only the newest `keep` checkpoints. `sharded`:
+    `prepare_sharded`'s folder already holds the student's and optimizer's shards.
 
     Out of disk space (or any other write error) the partial checkpoint is removed and a
     TrainingError names the file; the earlier checkpoints are left as they were."""
     final = root / f"step-{step}"
     tmp = root / f"step-{step}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    if not sharded:
+        shutil.rmtree(tmp, ignore_errors=True)
     current = tmp
     try:
-        tmp.mkdir(parents=True)
-        current = tmp / "student.safetensors"
-        save_model(model, str(current))  # handles tied embeddings
-        names = FILES
-        if extras is not None:
+        tmp.mkdir(parents=True, exist_ok=sharded)
+        if sharded:  # the processes wrote the student and optimizer shards already
+            shards = sorted((tmp / SHARDS).iterdir())
+            names: tuple[str, ...] = (*(f"{SHARDS}/{f.name}" for f in shards), *FILES[1:])
+        else:
+            current = tmp / "student.safetensors"
+            save_model(model, str(current))  # handles tied embeddings
+            names = FILES
+        if extras is not None and not sharded:
             current = tmp / EXTRAS
             save_model(extras, str(current))
             names = (*FILES, EXTRAS)
         current = tmp / "trainer.pt"
-        trainer = {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": rng_state(),
-        }
+        trainer = {"scheduler": scheduler.state_dict(), "rng": rng_state()}
+        if not sharded:
+            trainer["optimizer"] = optimizer.state_dict()
         torch.save(trainer, current)
         current = tmp / "state.json"
         current.write_text(json.dumps({"step": step, **state}, indent=1))
@@ -160,17 +171,32 @@ def save_checkpoint(
     return final
 
 
+def prepare_sharded(root: Path, step: int) -> Path:
+    """Rank 0: the empty folder the processes write step `step`'s shards into."""
+    tmp = root / f"step-{step}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / SHARDS).mkdir(parents=True)
+    return tmp / SHARDS
+
+
+def _required(path: Path) -> tuple[str, ...]:
+    if (path / SHARDS).is_dir():
+        return (f"{SHARDS}/.metadata", *FILES[1:])
+    return FILES
+
+
 def checkpoint_problem(path: Path) -> str | None:
     """Why the checkpoint in `path` cannot be trusted, or None when it is whole."""
     sums_path = path / CHECKSUMS
+    required = _required(path)
     if not sums_path.is_file():  # written before checksums existed: check what we can
-        missing = [n for n in FILES if not (path / n).is_file()]
+        missing = [n for n in required if not (path / n).is_file()]
         return f"{missing[0]} is missing" if missing else None
     try:
         sums = json.loads(sums_path.read_text())
     except (OSError, ValueError):
         return f"{CHECKSUMS} is unreadable"
-    for name in (*FILES, *([EXTRAS] if EXTRAS in sums else [])):
+    for name in dict.fromkeys((*required, *sums)):
         file = path / name
         expected = sums.get(name) or {}
         if not file.is_file():
@@ -188,15 +214,29 @@ class UnreadableCheckpoint(Exception):
 
 
 def load_checkpoint(
-    path: Path, model: torch.nn.Module, extras: torch.nn.Module | None = None
+    path: Path,
+    model: torch.nn.Module,
+    extras: torch.nn.Module | None = None,
+    shards: Callable[[Path], None] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Load the student (and `extras`) in place; return (trainer state: optimizer/scheduler/rng,
-    json state)."""
+    json state). `shards` reads a sharded checkpoint's folder (student, projections and
+    optimizer) into a sharded run; every process calls it."""
     try:
         state = json.loads((path / "state.json").read_text())
         trainer = torch.load(path / "trainer.pt", weights_only=True, map_location="cpu")
     except Exception as err:  # json, zip and unpickling errors vary with the damage
         raise UnreadableCheckpoint(str(err).strip().splitlines()[0][:120]) from None
+    if (shards is None) != (not (path / SHARDS).is_dir()):
+        how = "sharded (fsdp2 over several processes)" if shards is None else "whole"
+        raise TrainingError(
+            f"output.dir: the checkpoint {path} holds a {how} student, which this run cannot "
+            "read; resume with the train.distributed.strategy and number of processes the run "
+            "started with"
+        )
+    if shards is not None:
+        _read_shards(path, shards)
+        return trainer, state
     try:
         load_model(
             model, str(path / "student.safetensors"), device=str(next(model.parameters()).device)
@@ -213,6 +253,15 @@ def load_checkpoint(
     if extras is not None:
         _load_extras(path, extras)
     return trainer, state
+
+
+def _read_shards(path: Path, shards: Callable[[Path], None]) -> None:
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        shards(path / SHARDS)
+    except CheckpointException as err:  # raised on every process alike: they fall back together
+        raise UnreadableCheckpoint(str(err).strip().splitlines()[0][:120]) from None
 
 
 def _load_extras(path: Path, extras: torch.nn.Module) -> None:
@@ -236,7 +285,10 @@ def _load_extras(path: Path, extras: torch.nn.Module) -> None:
 
 
 def load_latest(
-    root: Path, model: torch.nn.Module, extras: torch.nn.Module | None = None
+    root: Path,
+    model: torch.nn.Module,
+    extras: torch.nn.Module | None = None,
+    shards: Callable[[Path], None] | None = None,
 ) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     """The newest whole checkpoint, loaded (student in place); a damaged one is skipped with a
     warning naming the file. Raises TrainingError when none is usable."""
@@ -246,7 +298,7 @@ def load_latest(
         why = checkpoint_problem(path)
         if why is None:
             try:
-                trainer, state = load_checkpoint(path, model, extras)
+                trainer, state = load_checkpoint(path, model, extras, shards)
                 return path, trainer, state
             except UnreadableCheckpoint as err:
                 why = f"it cannot be read ({err})"

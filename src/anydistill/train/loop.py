@@ -29,12 +29,13 @@ from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from anydistill.config import RunConfig, resolve_paths
 from anydistill.eval.metrics import evaluate
 from anydistill.models.from_config import pick_device
-from anydistill.models.heads import HiddenStates, unwrap
+from anydistill.models.heads import unwrap
 from anydistill.models.lora import merged_for_saving
+from anydistill.models.sharding import gathered, is_sharded, save_shards
 from anydistill.progress import StepProgress
 from anydistill.sources import Source
 from anydistill.teachers.multi import member_row
-from anydistill.train.checkpoint import save_checkpoint
+from anydistill.train.checkpoint import prepare_sharded, save_checkpoint
 from anydistill.train.guards import DeadGradientGuard
 from anydistill.train.interrupt import GracefulStop, StoppedByUser
 from anydistill.train.loggers import MetricsLog, rows_up_to
@@ -160,7 +161,7 @@ class _Loop:
         run_dir = Path(cfg.output.dir)
         selector = token_selector(cfg, parts, acc.device)
         metrics = _open_log(cfg, run_dir, started) if acc.is_main_process else None
-        model = HiddenStates(parts.student, _projections(parts))
+        model = started.model
         if t.compile:
             model = torch.compile(model)
         done = started.progress
@@ -197,11 +198,17 @@ class _Loop:
     def source(self) -> Source:
         return self.started.source
 
+    @property
+    def sharded(self) -> bool:
+        """fsdp2: every process takes part in eval, checkpoints and `final/`."""
+        return is_sharded(self.started.model)
+
     def run(self) -> Path:
         t = self.cfg.train
         if self.step == 0:  # a resumed run's RNG state came from its checkpoint
             set_seed(t.seed)
-        self.step_parts.model = self.acc.prepare(self.step_parts.model)
+        if not self.sharded:  # fsdp2 shards were made at start, before the optimizer
+            self.step_parts.model = self.acc.prepare(self.step_parts.model)
         self._log_upfront_generation()
         progress = StepProgress(
             t.max_steps, self.step, enabled=t.progress and self.acc.is_main_process
@@ -237,7 +244,12 @@ class _Loop:
 
     def _one_step(self) -> tuple[StepResult, float]:
         objective = self.started.objective
-        terms = objective.active_terms(self.step)
+        stage = self._stage()
+        terms = [
+            t
+            for t in objective.active_terms(self.step)
+            if stage.terms is None or t.name in stage.terms
+        ]
         batches = self.source.batches(self.step, self.cfg.train.grad_accum)
         self._prefetch(batches)
         tick = time.perf_counter()
@@ -248,6 +260,20 @@ class _Loop:
         self.clock.tokens += result.tokens
         self.clock.train_s += step_s
         return result, step_s
+
+    def _stage(self):
+        """The stage of this step, entered (fresh optimizer and trainable set) on its first."""
+        started = self.started
+        stage = started.stages.at(self.step)
+        if stage != started.stage:
+            started.optimizer, started.scheduler = started.stages.enter(stage)
+            started.stage = stage
+            self.step_parts.optimizer = started.optimizer
+            self.step_parts.scheduler = started.scheduler
+        staged = len(started.stages.plan) > 1
+        if staged and self.step == stage.start and self.metrics is not None:
+            self.metrics.write({"kind": "stage", "step": self.step, "stage": stage.name})
+        return stage
 
     def _prefetch(self, batches: list) -> None:
         """A teacher that answers from afar (a server) is asked about this step's micro-batches
@@ -309,7 +335,14 @@ class _Loop:
         """Held-out metrics on rank 0, written as an `eval` row."""
         parts, e = self.started.parts, self.cfg.eval
         tok = parts.student_tok
-        result = evaluate(
+        with gathered(self.started.model):
+            result = self._score(parts, e, tok)
+        if self.metrics is not None and result:
+            self.metrics.write({"kind": "eval", "step": self.step, **result})
+        return result
+
+    def _score(self, parts: RunParts, e, tok) -> dict[str, float]:
+        return evaluate(
             unwrap(self.step_parts.model),
             parts.teacher if e.teacher else None,
             parts.data.eval,
@@ -322,20 +355,23 @@ class _Loop:
             self.cfg.objective.chunk_size,
             teacher_tokenizer=parts.tokenizer,
         )
-        if self.metrics is not None and result:
-            self.metrics.write({"kind": "eval", "step": self.step, **result})
-        return result
 
     def _periodic_eval(self) -> None:
         every = self.cfg.eval.every
         if not every or self.step % every or self.step >= self.cfg.train.max_steps:
             return
-        result = self._evaluate() if self.acc.is_main_process else {}
+        result = self._evaluate() if self.acc.is_main_process or self.sharded else {}
         self.acc.wait_for_everyone()
         self.source.observe_eval(_shared(result, self.acc))
 
     def _save(self) -> None:
         extra = _source_state(self.source, self.acc)
+        root = self.run_dir / "checkpoints"
+        if self.sharded:  # every process writes its shards into rank 0's fresh folder
+            box = [str(prepare_sharded(root, self.step)) if self.acc.is_main_process else None]
+            broadcast_object_list(box)
+            save_shards(self.started.model, self.started.optimizer, Path(box[0]))
+            self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             started = self.started
             state = {
@@ -344,10 +380,11 @@ class _Loop:
                 "data_fingerprint": started.fingerprint,
                 "metrics_rows": self.metrics.rows if self.metrics is not None else 0,
                 "progress": self.clock.state(),
+                "stage": started.stage.name,
                 **extra,
             }
             save_checkpoint(
-                self.run_dir / "checkpoints",
+                root,
                 self.step,
                 unwrap(self.step_parts.model),
                 started.optimizer,
@@ -355,19 +392,33 @@ class _Loop:
                 state,
                 self.cfg.train.keep_checkpoints,
                 extras=_projections(started.parts),
+                sharded=self.sharded,
             )
         self.acc.wait_for_everyone()
 
     def _finish(self) -> None:
-        """The final eval (`eval.json`), the `final/` student and the report, on rank 0."""
-        if not self.acc.is_main_process:
+        """The final eval (`eval.json`), the `final/` student and the report, on rank 0 (every
+        process takes part in a sharded run's eval and gather)."""
+        if not (self.acc.is_main_process or self.sharded):
             return
         final_eval = self._evaluate()
-        tmp = self.run_dir / "eval.json.tmp"
-        tmp.write_text(json.dumps(final_eval, indent=1))
-        tmp.replace(self.run_dir / "eval.json")
-        if self.cfg.output.save_final:
+        if self.acc.is_main_process:
+            tmp = self.run_dir / "eval.json.tmp"
+            tmp.write_text(json.dumps(final_eval, indent=1))
+            tmp.replace(self.run_dir / "eval.json")
+        if self.cfg.output.save_final and self.sharded:
+            from anydistill.train.sharded import save_final_sharded
+
+            save_final_sharded(
+                self.run_dir,
+                self.started.model,
+                self.started.parts.student_tok,
+                self.acc.is_main_process,
+            )
+        elif self.cfg.output.save_final:
             _save_final(self.run_dir, self.started.parts)
+        if not self.acc.is_main_process:
+            return
         if self.cfg.output.report:
             from anydistill.report import write_report
 

@@ -22,14 +22,15 @@ from anydistill.config import RunConfig, dump_config
 from anydistill.data.aligned import collate_cross
 from anydistill.errors import AnydistillError, ConfigError
 from anydistill.losses.objective import Objective, TermSpec
-from anydistill.models.heads import unwrap
+from anydistill.models.heads import HiddenStates, unwrap
 from anydistill.models.loading import freeze
+from anydistill.models.sharding import is_sharded
 from anydistill.sources import Source, SourceParts, build_source
 from anydistill.train.checkpoint import load_latest, set_rng_state
-from anydistill.train.optim import build_optimizer, build_scheduler
 from anydistill.train.resume import check_same_data, config_changes, data_fingerprint, saved_config
 from anydistill.train.run_dir import RunDir
 from anydistill.train.setup import RunParts, build_parts, load_model
+from anydistill.train.stages import Stage, Stages
 
 
 def check_engine(cfg: RunConfig, device: torch.device) -> None:
@@ -90,10 +91,13 @@ class Started:
 
     parts: RunParts
     source: Source
+    model: HiddenStates  # the student (and its projections) as the step runs it
     objective: Objective
     optimizer: torch.optim.Optimizer
     scheduler: Any
     fingerprint: str
+    stages: Stages
+    stage: Stage  # the stage the optimizer was built for
     step: int = 0
     progress: dict[str, float] = field(default_factory=dict)
     metrics_rows: int | None = 0  # rows of metrics.jsonl to keep (None: all, an old run)
@@ -110,30 +114,65 @@ def start(cfg: RunConfig, acc: Accelerator, mode: str) -> Started:
         objective = Objective(terms, t.max_steps)
     except ValueError as err:
         raise ConfigError(f"objective.terms: {err}") from None
-    trained = parts.student
-    if parts.features is not None and len(parts.features.projections):
-        trained = torch.nn.ModuleList([parts.student, parts.features.projections])
-    optimizer = build_optimizer(trained, t.lr, t.weight_decay, t.betas)
-    scheduler = build_scheduler(
-        optimizer, t.warmup_steps, t.max_steps, t.lr_schedule, t.min_lr_ratio
-    )
+    projections = parts.features.projections if parts.features is not None else None
+    model = HiddenStates(parts.student, projections if projections and len(projections) else None)
+    if sharded(cfg, acc):  # before the optimizer, which must hold the sharded parameters
+        from anydistill.train.sharded import shard_run
+
+        shard_run(cfg, model, parts.teacher)
+    if cfg.stages and acc.num_processes > 1:
+        raise ConfigError(
+            "stages: a staged run changes which parameters train between stages, which DDP "
+            "cannot follow; run it in one process"
+        )
+    stages = Stages(cfg, model)
+    first = stages.at(0)
+    optimizer, scheduler = stages.enter(first)
     started = Started(
-        parts, source, objective, optimizer, scheduler, data_fingerprint(parts.data.train)
+        parts,
+        source,
+        model,
+        objective,
+        optimizer,
+        scheduler,
+        data_fingerprint(parts.data.train),
+        stages,
+        first,
     )
     if mode == "resume":
         _resume(started, run_dir, acc)
     return started
 
 
+def sharded(cfg: RunConfig, acc: Accelerator) -> bool:
+    """Whether this run shards its models (fsdp2 over more than one process)."""
+    return cfg.train.distributed.strategy == "fsdp2" and acc.num_processes > 1
+
+
 def _resume(started: Started, run_dir: Path, acc: Accelerator) -> None:
     features = started.parts.features
     extras = features.projections if features is not None and len(features.projections) else None
+    shards = None
+    if is_sharded(started.model):
+        from anydistill.models.sharding import load_shards
+
+        def shards(path: Path) -> None:
+            load_shards(started.model, started.optimizer, path)
+
     path, trainer_state, state = load_latest(
-        run_dir / "checkpoints", started.parts.student, extras=extras
+        run_dir / "checkpoints", started.parts.student, extras=extras, shards=shards
     )
     check_same_data(state.get("data_fingerprint"), started.fingerprint, run_dir, state["step"])
-    started.optimizer.load_state_dict(trainer_state["optimizer"])
-    started.scheduler.load_state_dict(trainer_state["scheduler"])
+    stage = started.stages.at(state["step"])
+    if stage != started.stage:
+        started.optimizer, started.scheduler = started.stages.enter(stage)
+        started.stage = stage
+    # At a stage boundary the checkpoint's optimizer belongs to the stage before: the next one
+    # starts afresh, as it did in the unbroken run.
+    if state.get("stage", stage.name) == stage.name:
+        if shards is None:
+            started.optimizer.load_state_dict(trainer_state["optimizer"])
+        started.scheduler.load_state_dict(trainer_state["scheduler"])
     set_rng_state(trainer_state["rng"])
     started.source.stream.load_state_dict(state["data"])
     _restore_source(started.source, state, acc)
