@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,7 @@ from safetensors.torch import load_file
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 COMMON = dict(
     train__progress=False,
-    train__max_steps=3,
+    train__max_steps=6,
     train__log_every=1,
     train__save_every=1,
     eval__every=0,
@@ -43,6 +45,22 @@ def _run(cmd: list[str]) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+def _kill_after(cmd: list[str], checkpoint: Path) -> bool:
+    """Start `cmd` and kill -9 its whole process group once `checkpoint` exists; False when
+    the run finished first."""
+    proc = subprocess.Popen(
+        cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not checkpoint.is_dir():
+        time.sleep(0.01)
+    alive = proc.poll() is None
+    if alive:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return alive
+
+
 @pytest.mark.slow
 def test_fsdp2_two_processes_match_one_and_resume_exactly(tmp_path):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
@@ -55,8 +73,9 @@ def test_fsdp2_two_processes_match_one_and_resume_exactly(tmp_path):
     broken = _recipe(tmp_path, "resumed", **fsdp)
     _run([sys.executable, "-m", "anydistill", "train", str(one)])
     _run([*launch, str(whole)])
-    _run([*launch, str(broken), "train.stop_at_step=2"])
     step2 = tmp_path / "resumed" / "checkpoints" / "step-2"
+    assert _kill_after([*launch, str(broken)], step2), "the run ended before the kill"
+    assert not (tmp_path / "resumed" / "final").exists()
     shards = sorted(p.name for p in (step2 / "sharded").iterdir())
     assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"]
     assert not (step2 / "student.safetensors").exists()
@@ -65,12 +84,13 @@ def test_fsdp2_two_processes_match_one_and_resume_exactly(tmp_path):
     _run([*launch, str(broken)])
 
     a, b = train_rows(tmp_path / "fsdp"), train_rows(tmp_path / "one")
-    assert [r["step"] for r in a] == [1, 2, 3]
+    assert [r["step"] for r in a] == [1, 2, 3, 4, 5, 6]
     for x, y in zip(a, b, strict=True):
         assert x["tokens"] == y["tokens"]
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-4)
         assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-4)
-    # Stopped after step 2 and resumed from the shards: the same weights, bit for bit.
+    # Killed (-9) after step 2's checkpoint, resumed from the shards: the same weights, bit
+    # for bit.
     keys = ("step", "loss", "grad_norm", "tokens", "lr", "agreement")
     assert [[r[k] for k in keys] for r in train_rows(tmp_path / "resumed")] == [
         [r[k] for k in keys] for r in a
