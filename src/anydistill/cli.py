@@ -129,6 +129,31 @@ def prune(
     typer.echo(f"pruned model: {saved}")
 
 
+@app.command()
+def convert(
+    config: Annotated[
+        Path,
+        typer.Argument(help="YAML recipe: its teacher, data and student.from_teacher.convert"),
+    ],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides")] = None,
+    out: Annotated[Path, typer.Option(help="directory for the converted model")] = Path(
+        "converted"
+    ),
+) -> None:
+    """Convert the recipe's teacher into a hybrid (Gated DeltaNet or Mamba-2 layers beside
+    the kept attention) without training."""
+    _quiet_libraries()
+    from anydistill.config import load_config
+    from anydistill.train.convert import convert_to_dir
+
+    try:
+        cfg = load_config(config, overrides or [])
+        saved = convert_to_dir(cfg, out)
+    except AnydistillError as err:
+        _fail(str(err))
+    typer.echo(f"converted model: {saved}")
+
+
 @app.command("eval")
 def eval_cmd(
     run_dir: Annotated[Path, typer.Argument(help="a run directory made by `anydistill train`")],

@@ -13,7 +13,9 @@ the engine applies T and T**2), `ce` (hard labels), `contrastive` (DistiLLM-2, s
 step into skl/srkl halves), `cross` (cross-tokenizer terms on aligned chunks) and `feature`
 (a student layer's activations against a teacher layer's: hidden states, attention outputs or
 attention maps; a live teacher only) and `sequence` (whole completions of the student alone:
-REDI's correct/incorrect trace pairs; reads no teacher).
+REDI's correct/incorrect trace pairs; reads no teacher) and `mixer` (a converted student's
+new mixers, each fed the teacher's own attention input, against the teacher's attention output;
+a live teacher only).
 
 Teacher kinds: `live` (a teacher model: full logits), `cache` (an offline top-k cache),
 `server` (a served model's top-k log-probs: the cache's signal, so it serves what `cache`
@@ -29,8 +31,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Family = Literal["divergence", "ce", "contrastive", "cross", "feature", "sequence"]
-FAMILIES = ("divergence", "ce", "contrastive", "cross", "feature", "sequence")
+Family = Literal["divergence", "ce", "contrastive", "cross", "feature", "sequence", "mixer"]
+FAMILIES = ("divergence", "ce", "contrastive", "cross", "feature", "sequence", "mixer")
 ENGINES = ("naive", "torch", "triton")
 TEACHERS = ("live", "cache", "server", "aligned")
 # A teacher kind that gives another kind's signal serves the same terms: a server's top-k
@@ -76,6 +78,8 @@ class TermKind:
             return "aligned chunks"
         if self.family == "feature":
             return "layer features"
+        if self.family == "mixer":
+            return "attention inputs and outputs"
         return "sparse-ok" if "cache" in self.teachers else "logits"
 
 
@@ -197,6 +201,12 @@ for _kind in (
         "attention", "feature",
         "attention outputs (MSE or cosine) or MiniLM attention maps (KL) of matched layers",
         params=(), options=("layers", "target", "loss"), engines=(), teachers=("live",),
+    ),
+    TermKind(
+        "mixer", "mixer",
+        "mixer alignment: each converted layer's mixer on the teacher's attention input, MSE "
+        "to its attention output (LoLCATs / MOHAWK)",
+        params=(), engines=(), teachers=("live",),
     ),
     TermKind(
         "redi", "sequence",

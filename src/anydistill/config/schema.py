@@ -269,7 +269,20 @@ class RunConfig(Strict):
         return self
 
     def _check_stages(self) -> None:
-        """Stage names unique, their terms in the objective, their steps the run's length."""
+        """Stage names unique, their terms in the objective, their steps the run's length; the
+        `mixer` term only for a converted student and one live teacher."""
+        convert = self.student.from_teacher is not None and self.student.from_teacher.convert
+        mixer = [i for i, t in enumerate(self.objective.terms) if t.kind == "mixer"]
+        if mixer and not convert:
+            raise ValueError(
+                f"objective.terms.{mixer[0]}: `mixer` aligns the mixers a conversion made; it "
+                "needs student.from_teacher.convert"
+            )
+        if mixer and (self.teachers is not None or self.teacher.kind != "model"):
+            raise ValueError(
+                f"objective.terms.{mixer[0]}: `mixer` reads the teacher's attention inputs and "
+                "outputs; it needs one teacher model (teacher.path or teacher.init)"
+            )
         if self.stages is None:
             return
         names = [s.name for s in self.stages]
@@ -283,7 +296,6 @@ class RunConfig(Strict):
                     f"stages.{i}.terms: `{unknown[0]}` is not a term of objective.terms "
                     f"(names: {', '.join(terms)})"
                 )
-            convert = self.student.from_teacher is not None and self.student.from_teacher.convert
             if stage.trainable == "mixers" and not convert:
                 raise ValueError(
                     f"stages.{i}.trainable: `mixers` are the layers a conversion made; it needs "

@@ -45,6 +45,7 @@ RUN_ENTRIES = frozenset(
         "tensorboard",
         "speculate.json",
         "pruned",
+        "converted",
     }
 )
 # What a rerun of a run without checkpoints keeps: remaking them costs real time.

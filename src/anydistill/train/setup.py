@@ -99,6 +99,14 @@ def build_parts(cfg: RunConfig, run_dir: Path, device: torch.device) -> RunParts
         student = _pruned(
             source.prune, model, data.train, teacher_tok, run_dir, device, cfg.train.progress
         )
+    elif source is not None and source.convert is not None:
+        assert model is not None
+        from anydistill.train.convert import converted_student
+
+        pad = teacher_tok.pad_token_id if teacher_tok.pad_token_id is not None else 0
+        student = converted_student(
+            source.convert, model, data.train, pad, run_dir / "converted", device, seed
+        )
     elif source is not None and source.layers is not None:
         assert model is not None
         student = student_from_teacher(model, source.layers).to(device)

@@ -194,13 +194,19 @@ def micro_batch_loss(
     student_needs, teacher_needs = (
         features.needs(feature_terms) if features else (NO_EXTRAS, NO_EXTRAS)
     )
-    wants = teacher is not None and any(registry.needs_teacher(t.kind) for t in terms)
+    mixer_terms = [t for t in terms if family(t.kind) == "mixer"]
+    others = [t for t in terms if family(t.kind) != "mixer"]
+    wants = teacher is not None and any(registry.needs_teacher(t.kind) for t in others)
     signal = teacher.signal(inputs, teacher_needs) if wants else None
+    normalizer = normalizer.clamp(min=1.0)
+    if not others:  # mixer alignment alone runs the mixers only, not the student
+        out = _mixer_output(student, teacher, inputs, mixer_terms, normalizer)
+        out.stats["tokens"] = inputs.select.sum().float()
+        return out
     if student_needs:
         hidden, caught = student(inputs.input_ids, inputs.attention_mask, student_needs)
     else:
         hidden = student(inputs.input_ids, inputs.attention_mask)
-    normalizer = normalizer.clamp(min=1.0)
     vocab_terms = [t for t in terms if family(t.kind) == "vocabulary"]
     outs = []
     if vocab_terms:
@@ -246,9 +252,36 @@ def micro_batch_loss(
         outs.append(
             sequence_loss(student, hidden, inputs, sequence_terms, vocab_size, pairs, chunk_size)
         )
+    if mixer_terms:
+        outs.append(_mixer_output(student, teacher, inputs, mixer_terms, normalizer))
     out = outs[0] if len(outs) == 1 else merge_outputs(outs)
     out.stats.setdefault("tokens", inputs.select.sum().float())
     return out
+
+
+def _mixer_output(
+    student: torch.nn.Module,
+    teacher: Any,
+    inputs: StepInputs,
+    terms: list[ActiveTerm],
+    normalizer: torch.Tensor,
+) -> LossOutput:
+    """The mixer alignment terms (`losses/mixer.py`) against the live teacher's model."""
+    from anydistill.losses.mixer import mixer_loss
+
+    model = getattr(teacher, "model", None)
+    if teacher is None or getattr(teacher, "kind", None) != "live" or model is None:
+        raise TrainingError(
+            f"term {terms[0].name!r} (mixer) feeds the teacher's attention inputs to the "
+            "student's mixers; it needs one live teacher model"
+        )
+    value = mixer_loss(student, model, inputs.input_ids, inputs.attention_mask, normalizer)
+    loss = sum(t.weight * value for t in terms if t.weight > 0)
+    values = {t.name: value.detach() for t in terms}
+    stats = {"tokens": inputs.select.sum().float()}
+    return LossOutput(
+        loss=loss if torch.is_tensor(loss) else value * 0.0, terms=values, stats=stats
+    )
 
 
 def vocabulary_loss(
@@ -371,7 +404,7 @@ def family(kind: str) -> str:
     """`aligned` for the registry's cross-tokenizer kinds, `feature` for layer-activation
     kinds, `sequence` for whole-completion kinds (redi), `vocabulary` for the rest."""
     found = registry.get(kind).family
-    mapping = {"cross": "aligned", "feature": "feature", "sequence": "sequence"}
+    mapping = {"cross": "aligned", "feature": "feature", "sequence": "sequence", "mixer": "mixer"}
     return mapping.get(found, "vocabulary")
 
 
