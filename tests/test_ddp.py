@@ -15,7 +15,8 @@ from conftest import tiny_recipe, train_rows
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["ce_mix", "cross_tokenizer_alm", "hidden"])
+# `hidden` carries a vocabulary term (fkl) beside the feature terms, so the plain path is in it.
+@pytest.mark.parametrize("recipe", ["cross_tokenizer_alm", "hidden"])
 def test_two_process_ddp_matches_single_process(tmp_path, recipe):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     if torchrun is None:

@@ -71,7 +71,10 @@ def test_fsdp2_two_processes_match_one_and_resume_exactly(tmp_path):
     one = _recipe(tmp_path, "one", train__micro_batch_size=8)
     whole = _recipe(tmp_path, "fsdp", **fsdp)
     broken = _recipe(tmp_path, "resumed", **fsdp)
-    _run([sys.executable, "-m", "anydistill", "train", str(one)])
+    from anydistill.config import load_config
+    from anydistill.train.loop import train
+
+    train(load_config(one))  # one process, in this one
     _run([*launch, str(whole)])
     step2 = tmp_path / "resumed" / "checkpoints" / "step-2"
     assert _kill_after([*launch, str(broken)], step2), "the run ended before the kill"

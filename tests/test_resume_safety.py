@@ -307,7 +307,11 @@ def test_shipped_recipes_restart_after_a_kill_before_their_first_checkpoint(
             changes["objective__token_selection"] = {"reference": str(reference), "keep": 0.4}
         if name == "redi":  # it trains on verified traces: a file written here
             changes["data__path"] = str(traces)
-        return config_from_dict(tiny_recipe(name, **changes))
+        data = tiny_recipe(name, **changes)
+        if data.get("stages"):  # staged: 4 steps in two stages of 2, which set max_steps
+            data["train"].pop("max_steps")
+            data["stages"] = [{**stage, "steps": 2} for stage in data["stages"][:2]]
+        return config_from_dict(data)
 
     traces = tmp_path / "traces.jsonl"
     if name == "redi":

@@ -118,8 +118,8 @@ def test_tensorboard_logger_or_clear_error(tmp_path):
 def test_sigkill_then_resume_matches_an_unbroken_run(tmp_path):
     """A real kill -9 mid-run (after a checkpoint); rerunning the same command resumes."""
     changes = dict(
-        train__max_steps=120,
-        train__save_every=20,
+        train__max_steps=60,
+        train__save_every=10,
         train__log_every=1,
         train__progress=False,
         eval__every=0,
@@ -142,7 +142,7 @@ def test_sigkill_then_resume_matches_an_unbroken_run(tmp_path):
     ckpts = tmp_path / "cut" / "checkpoints"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if ckpts.is_dir() and any(p.name == "step-40" for p in ckpts.iterdir()):
+        if ckpts.is_dir() and any(p.name == "step-20" for p in ckpts.iterdir()):
             break
         time.sleep(0.01)
     killed = proc.poll() is None
@@ -159,5 +159,5 @@ def test_sigkill_then_resume_matches_an_unbroken_run(tmp_path):
     keys = ("step", "loss", "lr", "grad_norm", "term/fkl")
     a = [{k: r[k] for k in keys} for r in train_rows(tmp_path / "full")]
     b = [{k: r[k] for k in keys} for r in train_rows(tmp_path / "cut")]
-    assert [r["step"] for r in b] == list(range(1, 121))
+    assert [r["step"] for r in b] == list(range(1, 61))
     assert a == b
