@@ -166,6 +166,12 @@ def test_records_are_aligned_to_the_teachers_that_teach_them(toks):
     assert batch.members[0].rows.tolist() == [0, 3] and batch.members[1].rows.tolist() == [1, 2]
     assert batch.members[1].tokens.teacher_vocab == len(tb)
     assert step_inputs(batch, CPU).route.tolist() == [0, 1, 1, 0]
+    from dataclasses import replace
+
+    from anydistill.train.resume import data_fingerprint
+
+    moved = [replace(ex, route=1 - ex.route) for ex in routed.train]
+    assert data_fingerprint(moved) != data_fingerprint(routed.train)  # a resume notices
 
 
 # ---- the step ----------------------------------------------------------------------------
@@ -324,6 +330,11 @@ def test_the_recipe_trains_and_logs_each_teacher(tmp_path):
         for d in ("tokenizer", "tokenizer/vocab-448", "student_tokenizer")
     ]
     assert sizes == [512, 448, 320] and len(tok) == 320
+    from anydistill.eval.run import evaluate_run
+
+    again = evaluate_run(run, max_batches=2)  # `anydistill eval`: as the run scored it
+    assert again["student/bits_per_byte"] == pytest.approx(final["student/bits_per_byte"])
+    assert again["teacher/bits_per_byte"] == pytest.approx(final["teacher/bits_per_byte"])
 
 
 def test_weights_one_and_zero_are_the_lone_teacher_exactly(tmp_path):

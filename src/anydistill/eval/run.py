@@ -135,7 +135,9 @@ def evaluate_run(
         teacher = scored = freeze(
             load_model(cfg.teacher, "teacher", t_vocab, device, True, cfg.train.seed + 1)
         )
-        if cfg.teachers:  # the mixture, and each teacher alone; the first one generates
+        # the mixture, and each teacher alone; the first one generates. Teachers on their own
+        # tokenizers (a cross run) are scored as in training: the first one.
+        if cfg.teachers and not cross:
             scored = _several(cfg, teacher, t_vocab, device)
     _, eval_ds = load_raw(cfg.data, cfg.train.seed)
     if len(eval_ds) == 0:

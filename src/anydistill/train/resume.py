@@ -115,6 +115,8 @@ def data_fingerprint(examples: Iterable[Any]) -> str:
         else:
             names = ("teacher_ids", "student_ids", "teacher_chunk", "student_chunk")
             parts = [getattr(ex, name) for name in names] + [ex.student_target]
+            if getattr(ex, "route", None) is not None:  # several teachers on own tokenizers
+                parts.append([ex.route])
         for part in parts:
             arr = np.asarray(part, dtype=np.int64)
             h.update(len(arr).to_bytes(8, "little"))
