@@ -88,6 +88,27 @@ def test_the_align_stage_moves_only_the_mixers(tmp_path):
     assert all(p.requires_grad for p in student.parameters())
 
 
+def test_with_lora_the_align_stage_trains_whole_mixers_and_then_the_adapters():
+    from convert_helpers import tiny_teacher
+
+    from anydistill.models.convert import ConvertSpec, convert, mixer_parameters, plan_conversion
+    from anydistill.models.heads import HiddenStates, unwrap
+    from anydistill.models.lora import add_lora
+    from anydistill.train.stages import Stages
+
+    teacher = tiny_teacher(layers=4)
+    student = convert(teacher, plan_conversion(teacher.config, ConvertSpec("bamba", count=1)))
+    student = add_lora(student, 4, 8, 0.0, "all-linear")
+    lora = {id(p) for n, p in student.named_parameters() if "lora_" in n}
+    cfg = RunConfig.model_validate(tiny_recipe("hybrid_mamba2", stages=STAGES))
+    stages = Stages(cfg, HiddenStates(student))
+    stages.enter(stages.at(0))
+    mixers = {id(p) for p in mixer_parameters(unwrap(student))}
+    assert {id(p) for p in student.parameters() if p.requires_grad} == mixers
+    stages.enter(stages.at(3))  # `all` is the LoRA student's own set: its adapters
+    assert {id(p) for p in student.parameters() if p.requires_grad} == lora
+
+
 def test_mixer_term_is_the_mean_squared_error_of_each_mixer_on_the_teachers_input():
     from convert_helpers import tiny_teacher
 

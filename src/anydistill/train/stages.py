@@ -75,8 +75,9 @@ class Stages:
         return optimizer, scheduler
 
     def _set_trainable(self, stage: Stage) -> None:
-        """`all`: the student's own trainable set; `mixers`: only the converted layers' mixers
-        (the feature projections, when any, train in every stage)."""
+        """`all`: the student's own trainable set (a LoRA student's adapters); `mixers`: only
+        the converted layers' mixers, in full whatever LoRA froze (they are new weights; the
+        feature projections, when any, train in every stage)."""
         params = list(self.model.parameters())
         if stage.trainable == "all":
             for p in params:
@@ -88,4 +89,4 @@ class Stages:
         mixers = {id(p) for p in mixer_parameters(lm)}
         in_lm = {id(p) for p in lm.parameters()}
         for p in params:
-            p.requires_grad_(self.default[id(p)] and (id(p) in mixers or id(p) not in in_lm))
+            p.requires_grad_(id(p) in mixers or (self.default[id(p)] and id(p) not in in_lm))
