@@ -27,6 +27,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, code: int, body: dict) -> None:
         data = json.dumps(body).encode()
+        if getattr(self, "counted", False):  # done before the client can read the answer and
+            self.counted = False  # send its next request, so `peak` sees only real overlap
+            with self.server.lock:
+                self.server.in_flight -= 1
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -46,6 +50,7 @@ class _Handler(BaseHTTPRequestHandler):
             srv.requests.append((self.path, body, self.headers.get("Authorization")))
             srv.in_flight += 1
             srv.peak = max(srv.peak, srv.in_flight)
+            self.counted = True
             fail = srv.failures_left > 0
             srv.failures_left -= 1
         try:
@@ -67,8 +72,10 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(404, {"error": {"message": "no such route"}})
             self._send(200, {"object": "completion", "choices": choices})
         finally:
-            with srv.lock:
-                srv.in_flight -= 1
+            if self.counted:  # an answer that was never sent
+                self.counted = False
+                with srv.lock:
+                    srv.in_flight -= 1
 
 
 class _Server(ThreadingHTTPServer):

@@ -124,7 +124,7 @@ def test_sigkill_then_resume_matches_an_unbroken_run(tmp_path):
         train__progress=False,
         eval__every=0,
         output__report=False,
-        data__synthetic_size=2000,
+        data__synthetic_size=600,
     )
     full_cfg = tmp_path / "full.yaml"
     full_cfg.write_text(
