@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -125,12 +124,8 @@ def _write(folder: Path, name: str, data: Any) -> None:
 def convert_to_dir(cfg: RunConfig, out: Path) -> Path:
     """`anydistill convert RECIPE --out DIR`: the recipe's teacher converted as its
     `student.from_teacher.convert` says, saved where `from_pretrained` loads it."""
-    from anydistill.data.prepare import load_run_data, prepare_examples
-    from anydistill.models.from_config import load_model, pick_device
-    from anydistill.models.loading import freeze
-    from anydistill.models.run_tokenizers import teacher_tokenizer
-    from anydistill.models.tokenizer import real_vocab_size
     from anydistill.paths import check_writable_dir
+    from anydistill.train.recipe_teacher import recipe_teacher
 
     source = cfg.student.from_teacher
     if source is None or source.convert is None:
@@ -143,24 +138,17 @@ def convert_to_dir(cfg: RunConfig, out: Path) -> Path:
     out = check_writable_dir(out, "--out")
     if out.is_dir() and any(out.iterdir()):
         raise ConfigError(f"--out: {out} is not empty; give a new or empty directory")
-    device = pick_device(cfg.train.device)
-    raw = load_run_data(cfg)
-    with tempfile.TemporaryDirectory() as scratch:  # a tokenizer trained for the recipe
-        tokenizer = teacher_tokenizer(cfg, Path(scratch), raw.texts(cfg))
-    vocab = real_vocab_size(tokenizer)
-    data = prepare_examples(raw, tokenizer, tokenizer, cfg, False)
-    teacher = freeze(load_model(cfg.teacher, "teacher", vocab, device, True, cfg.train.seed + 1))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    got = recipe_teacher(cfg)
     conv = source.convert
 
     def batches():
-        return calibration_batches(data.train, _calibration(conv), 8, pad, device)
+        return calibration_batches(got.examples, _calibration(conv), 8, got.pad_id, got.device)
 
-    spec, ranking = spec_for(conv, teacher, batches, cfg.train.seed, _say)
-    plan = plan_conversion(teacher.config, spec)
+    spec, ranking = spec_for(conv, got.teacher, batches, cfg.train.seed, _say)
+    plan = plan_conversion(got.teacher.config, spec)
     _say(plan.describe())
-    student = convert(teacher, plan)
-    saved = save_converted(student, tokenizer, out, plan, field="--out")
+    student = convert(got.teacher, plan)
+    saved = save_converted(student, got.tokenizer, out, plan, field="--out")
     if ranking is not None:
         (saved / RANKING_FILE).write_text(json.dumps(ranking, indent=1))
     return saved

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -99,12 +98,8 @@ def write_records(folder: Path, plan: PrunePlan, importance: Importance) -> None
 def prune_to_dir(cfg: RunConfig, out: Path, progress: bool = True) -> Path:
     """`anydistill prune RECIPE --out DIR`: the recipe's teacher, pruned as its
     `student.from_teacher.prune` says, saved where `from_pretrained` loads it."""
-    from anydistill.data.prepare import load_run_data, prepare_examples
-    from anydistill.models.from_config import load_model, pick_device
-    from anydistill.models.loading import freeze
     from anydistill.models.prune.save import check_target, save_pruned
-    from anydistill.models.run_tokenizers import teacher_tokenizer
-    from anydistill.models.tokenizer import real_vocab_size
+    from anydistill.train.recipe_teacher import recipe_teacher
 
     source = cfg.student.from_teacher
     if source is None or source.prune is None:
@@ -115,17 +110,16 @@ def prune_to_dir(cfg: RunConfig, out: Path, progress: bool = True) -> Path:
     if cfg.teacher.kind == "cache":
         raise ConfigError("teacher.kind: pruning needs the teacher's weights, not a cache")
     check_target(out, "--out")  # a folder of the user's is refused before any work
-    device = pick_device(cfg.train.device)
-    raw = load_run_data(cfg)
-    with tempfile.TemporaryDirectory() as scratch:  # a tokenizer trained for the recipe
-        tokenizer = teacher_tokenizer(cfg, Path(scratch), raw.texts(cfg))
-    vocab = real_vocab_size(tokenizer)
-    data = prepare_examples(raw, tokenizer, tokenizer, cfg, False)
-    teacher = freeze(load_model(cfg.teacher, "teacher", vocab, device, True, cfg.train.seed + 1))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    got = recipe_teacher(cfg)
     prune = source.prune
-    batches = calibration_batches(data.train, prune.calibration, prune.batch_size, pad, device)
-    student, plan, importance = pruned_student(
-        teacher, prune, batches, say=lambda text: print(text, file=sys.stderr), progress=progress
+    batches = calibration_batches(
+        got.examples, prune.calibration, prune.batch_size, got.pad_id, got.device
     )
-    return save_pruned(student, out, plan, importance, tokenizer, field="--out")
+    student, plan, importance = pruned_student(
+        got.teacher,
+        prune,
+        batches,
+        say=lambda text: print(text, file=sys.stderr),
+        progress=progress,
+    )
+    return save_pruned(student, out, plan, importance, got.tokenizer, field="--out")
